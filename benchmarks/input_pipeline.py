@@ -1,0 +1,59 @@
+"""Measures the tf.data input pipeline in scenes per second.
+
+    python -m benchmarks.input_pipeline --dataset shepard_metzler_5_parts \
+        --context_size 5 --batch_size 36 [--data_dir D]
+
+Without --data_dir it uses the embedded procedural dataset. Prints one JSON
+line per repeat and a final JSON line with the median `scenes_per_s`.
+"""
+
+import json
+import statistics
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", "shepard_metzler_5_parts", "Dataset name from the DatasetInfo table.")
+flags.DEFINE_string("data_dir", None, "Root holding <dataset>/<split>/*.tfrecord (default: embedded procedural data).")
+flags.DEFINE_string("split", "train", "Split to read.")
+flags.DEFINE_integer("context_size", 5, "Context views per scene.")
+flags.DEFINE_bool("random_context_size", False, "Draw each batch's context size in [1, context_size].")
+flags.DEFINE_integer("batch_size", 36, "Scenes per batch.")
+flags.DEFINE_integer("image_size", None, "Resize frames to this size (default: the dataset's).")
+flags.DEFINE_integer("batches", 300, "Timed batches per repeat.")
+flags.DEFINE_integer("warmup", 30, "Untimed batches before the first repeat.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
+
+
+def main(argv):
+    del argv
+    from tiered_gqn.data import cache, reader
+
+    data_dir = FLAGS.data_dir or cache.default_data_dir(FLAGS.dataset)
+    ds = reader.load(
+        FLAGS.dataset, data_dir, FLAGS.split, batch_size=FLAGS.batch_size,
+        context_size=FLAGS.context_size, random_context_size=FLAGS.random_context_size,
+        image_size=FLAGS.image_size,
+    )
+    batches = iter(ds)
+    for _ in range(FLAGS.warmup):
+        next(batches)
+    rates = []
+    for repeat in range(FLAGS.repeats):
+        start = time.perf_counter()
+        for _ in range(FLAGS.batches):
+            next(batches)
+        rate = FLAGS.batches * FLAGS.batch_size / (time.perf_counter() - start)
+        rates.append(rate)
+        print(json.dumps({"repeat": repeat, "scenes_per_s": round(rate, 1)}), flush=True)
+    print(json.dumps({
+        "benchmark": "input_pipeline", "dataset": FLAGS.dataset,
+        "context_size": FLAGS.context_size, "random_context_size": FLAGS.random_context_size,
+        "batch_size": FLAGS.batch_size, "scenes_per_s": round(statistics.median(rates), 1),
+        "min": round(min(rates), 1), "max": round(max(rates), 1),
+    }))
+
+
+if __name__ == "__main__":
+    app.run(main)

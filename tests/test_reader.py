@@ -1,0 +1,169 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import write_random_dataset
+from tiered_gqn.data import datasets, reader, writer
+
+SM = "shepard_metzler_5_parts"
+
+
+def _stored(path):
+    info = datasets.get_info(SM)
+    raw = next(iter(tf.data.TFRecordDataset(path)))
+    ex = tf.io.parse_single_example(raw, reader.raw_features(info))
+    frames = np.stack([tf.io.decode_jpeg(f).numpy() for f in ex["frames"]]) / 255.0
+    return frames.astype(np.float32), ex["cameras"].numpy().reshape(-1, 5)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_real_samples_reproduce_the_reference_reader(samples_dir, split):
+    shard = reader.find_shards(samples_dir, SM, split)
+    assert len(shard) == 1
+    stored_frames, stored_cameras = _stored(shard[0])
+    ds = reader.load(SM, samples_dir, split, batch_size=1, context_size=14, seed=7)
+    (ctx, ctx_cams, query_cam), target = next(iter(ds))
+    frames = np.concatenate([ctx[0], target])
+    poses = np.concatenate([ctx_cams[0], query_cam])
+    matched = []
+    for frame, pose in zip(frames, poses):
+        distance = np.abs(stored_frames - frame).reshape(15, -1).max(axis=1)
+        j = int(np.argmin(distance))
+        assert distance[j] == 0.0  # bit-exact decode_jpeg / 255
+        x, y, z, yaw, pitch = stored_cameras[j]
+        np.testing.assert_allclose(
+            pose, [x, y, z, np.sin(yaw), np.cos(yaw), np.sin(pitch), np.cos(pitch)], atol=1e-6
+        )
+        matched.append(j)
+    assert sorted(matched) == list(range(15))  # 14 context views + query, no repeats
+
+
+def test_real_sample_cameras_follow_the_convention(samples_dir):
+    _, cams = _stored(reader.find_shards(samples_dir, SM, "train")[0])
+    xyz, yaw, pitch = cams[:, :3], cams[:, 3], cams[:, 4]
+    r = np.linalg.norm(xyz, axis=1)
+    np.testing.assert_allclose(r, 3.3333, atol=1e-3)
+    np.testing.assert_allclose(pitch, np.arcsin(-xyz[:, 2] / r), atol=1e-4)
+    np.testing.assert_allclose(yaw, np.mod(np.arctan2(xyz[:, 1], -xyz[:, 0]), 2 * np.pi), atol=1e-4)
+
+
+def test_batches_have_the_documented_shapes_and_ranges(tiny_data):
+    ds = reader.load(SM, tiny_data, batch_size=4, context_size=3, seed=0)
+    (ctx, cams, query), target = next(iter(ds))
+    assert ctx.shape == (4, 3, 64, 64, 3) and ctx.dtype == tf.float32
+    assert cams.shape == (4, 3, 7) and query.shape == (4, 7)
+    assert target.shape == (4, 64, 64, 3)
+    assert 0.0 <= float(tf.reduce_min(ctx)) and float(tf.reduce_max(ctx)) <= 1.0
+    # sin^2 + cos^2 = 1 for yaw and pitch.
+    np.testing.assert_allclose(cams[..., 3] ** 2 + cams[..., 4] ** 2, 1.0, atol=1e-5)
+
+
+def test_context_and_query_are_distinct_views_of_one_scene(tiny_data):
+    ds = reader.load(SM, tiny_data, batch_size=2, context_size=14, seed=1)
+    (ctx, cams, query), target = next(iter(ds))
+    views = np.concatenate([cams, query[:, None]], axis=1)
+    for scene in views:
+        assert len(np.unique(scene.round(5), axis=0)) == 15
+
+
+def test_seed_makes_the_pipeline_deterministic(tiny_data):
+    def first_batches(seed):
+        ds = reader.load(SM, tiny_data, batch_size=2, context_size=4, seed=seed,
+                         random_context_size=True)
+        return [tf.nest.map_structure(np.asarray, b) for b in ds.take(4)]
+
+    a, b, c = first_batches(5), first_batches(5), first_batches(6)
+    for x, y in zip(a, b):
+        tf.nest.map_structure(np.testing.assert_array_equal, x, y)
+    assert any(not np.array_equal(x[1], y[1]) for x, y in zip(a, c))
+
+
+def test_random_context_size_is_one_size_per_batch_within_bounds(tiny_data):
+    ds = reader.load(SM, tiny_data, batch_size=3, context_size=6, seed=2, random_context_size=True)
+    sizes = set()
+    for (ctx, cams, query), target in ds.take(25):
+        assert ctx.shape[1] == cams.shape[1]
+        sizes.add(ctx.shape[1])
+    assert sizes <= set(range(1, 7)) and len(sizes) >= 3
+
+
+def test_resize_maps_mazes_frames_to_the_requested_size(tmp_path):
+    write_random_dataset(str(tmp_path), "mazes", scenes=(2, 1), shards=(1, 1))
+    ds = reader.load("mazes", str(tmp_path), batch_size=2, context_size=5, image_size=64, seed=0)
+    (ctx, _, _), target = next(iter(ds))
+    assert ctx.shape == (2, 5, 64, 64, 3) and target.shape == (2, 64, 64, 3)
+
+
+def test_labels_pass_through_when_asked(tiny_data):
+    ds = reader.load(SM, tiny_data, batch_size=6, context_size=2, seed=0, shuffle=False,
+                     repeat=False, labels={"tag": (np.int64, (1,))})
+    _, _, labels = next(iter(ds))
+    assert sorted(labels["tag"].numpy().ravel().tolist()) == list(range(6))
+
+
+def test_a_finite_pass_reads_every_scene_once(tiny_data):
+    ds = reader.load(SM, tiny_data, batch_size=4, context_size=2, repeat=False,
+                     drop_remainder=False, labels={"tag": (np.int64, (1,))})
+    tags = np.concatenate([labels["tag"].numpy().ravel() for _, _, labels in ds])
+    assert sorted(tags.tolist()) == list(range(6))
+
+
+# === Bad input ===
+
+
+def test_missing_data_dir_shows_the_expected_layout(tmp_path):
+    with pytest.raises(reader.DataError, match=r"No shards in .*shepard_metzler_5_parts/train; expected .*001-of-900\.tfrecord"):
+        reader.load(SM, str(tmp_path / "nowhere"))
+
+
+def test_unknown_dataset_names_the_known_ones(tiny_data):
+    with pytest.raises(ValueError, match="Unknown dataset 'rooms'.*rooms_ring_camera"):
+        reader.load("rooms", tiny_data)
+
+
+def test_context_size_must_leave_a_query_view(tiny_data):
+    with pytest.raises(ValueError, match=r"context_size=15 .*15 views per scene.*1 to 14"):
+        reader.load(SM, tiny_data, context_size=15)
+
+
+def test_records_of_another_dataset_are_refused_with_the_file_named(tmp_path):
+    write_random_dataset(str(tmp_path), "rooms_ring_camera", scenes=(2, 1), shards=(1, 1))
+    os.rename(tmp_path / "rooms_ring_camera", tmp_path / SM)
+    with pytest.raises(reader.DataError, match=r"1-of-1\.tfrecord: a record holds 10 frames and 50 camera values; shepard_metzler_5_parts expects 15 frames and 75"):
+        reader.load(SM, str(tmp_path))
+
+
+def _truncate(path, keep=0.6):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+
+
+def test_a_truncated_shard_is_named_and_skip_corrupt_reads_past_it(tiny_data):
+    files = reader.find_shards(tiny_data, SM, "train")
+    _truncate(files[1])
+    ds = reader.load(SM, tiny_data, batch_size=1, context_size=2, repeat=False, seed=0)
+    with pytest.raises(tf.errors.DataLossError) as info:
+        for _ in ds:
+            pass
+    error = reader.explain_read_error(info.value, files)
+    assert str(error).startswith(files[1] + ": truncated record")
+    assert "skip_corrupt=True" in str(error)
+    ds = reader.load(SM, tiny_data, batch_size=1, context_size=2, repeat=False, seed=0,
+                     skip_corrupt=True)
+    assert 3 <= sum(1 for _ in ds) < 6  # shard 1 holds 3 scenes; the truncated one loses some
+
+
+def test_skip_corrupt_counts_records_with_the_wrong_view_count(tmp_path):
+    rng = np.random.default_rng(0)
+    from conftest import random_scene
+
+    good = [random_scene(rng, SM) for _ in range(3)]
+    bad = random_scene(rng, "rooms_ring_camera")
+    writer.write_split(good[:1] + [bad] + good[1:], str(tmp_path / SM / "train"), 1)
+    ds = reader.load(SM, str(tmp_path), batch_size=1, context_size=2, repeat=False,
+                     skip_corrupt=True, seed=0)
+    assert sum(1 for _ in ds) == 3
+    assert int(ds.skipped_records.numpy()) == 1

@@ -60,4 +60,6 @@ def default_data_dir(dataset=DEFAULT_DATASET, seed=0, verbose=True):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if verbose:
+        print(f"Embedded dataset ready in {final} (contact sheet: preview.png)", file=sys.stderr)
     return data_dir

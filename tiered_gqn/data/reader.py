@@ -35,7 +35,7 @@ def find_shards(data_dir, dataset, split="train"):
             f"No shards in {folder}; expected {datasets.expected_layout(data_dir, dataset, split)}."
         )
     expected = info.num_files(split)
-    log.info("%s/%s: found %d of the release's %d shards in %s.", dataset, split, len(files), expected, folder)
+    log.info("%s/%s: %d shards in %s (the full release has %d).", dataset, split, len(files), folder, expected)
     return files
 
 

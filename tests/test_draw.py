@@ -1,0 +1,121 @@
+"""Tests of the ConvLSTM cell and the ConvDRAW decoder."""
+
+import keras
+import numpy as np
+import pytest
+
+from tiered_gqn.models import draw
+
+
+def make_draw(**kwargs):
+    args = dict(image_size=32, num_steps=2, h_dim=8, z_dim=4, canvas_dim=8, seed=0)
+    args.update(kwargs)
+    return draw.ConvDRAW(**args)
+
+
+def decoder_inputs(rng, batch=2, r_side=1, r_dim=16, size=32):
+    return (
+        rng.random((batch, r_side, r_side, r_dim), dtype=np.float32),
+        rng.random((batch, 7), dtype=np.float32),
+        rng.random((batch, size, size, 3), dtype=np.float32),
+    )
+
+
+def test_hoisted_gates_equal_the_fused_conv():
+    rng = np.random.default_rng(0)
+    cell = draw.ConvLSTMCell(hidden_dim=6, kernel_size=5)
+    constants = [rng.normal(size=(2, 8, 8, c)).astype(np.float32) for c in (5, 7)]
+    step_inputs = [rng.normal(size=(2, 8, 8, c)).astype(np.float32) for c in (3, 6)]
+    state = tuple(rng.normal(size=(2, 8, 8, 6)).astype(np.float32) for _ in range(2))
+    direct = cell(constants, step_inputs, state)
+    cell.bias.assign(rng.normal(size=cell.bias.shape).astype(np.float32))
+    direct = cell(constants, step_inputs, state)
+    hoisted = cell.step(step_inputs, state, cell.precompute(constants))
+    for a, b in zip(direct, hoisted):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # One fused gate conv of 5x5 over [constants, step inputs, h] -> 4 gates.
+    fan_in = cell.constant_kernel.shape[2] + cell.step_kernel.shape[2]
+    assert fan_in == 5 + 7 + 3 + 6 + 6 and cell.step_kernel.shape[-1] == 4 * 6
+
+
+@pytest.mark.parametrize("r_side", [1, 8])
+def test_shapes_for_1x1_and_spatial_r(r_side):
+    rng = np.random.default_rng(1)
+    decoder = make_draw(num_steps=3)
+    r, camera, target = decoder_inputs(rng, r_side=r_side)
+    out = decoder(r, camera, target)
+    assert tuple(out["mean"].shape) == (2, 32, 32, 3)
+    assert tuple(out["kl"].shape) == (2,) and tuple(out["kl_per_step"].shape) == (2, 3)
+    np.testing.assert_allclose(np.asarray(out["kl"]), np.asarray(out["kl_per_step"]).sum(1), rtol=1e-5)
+    assert np.all(np.asarray(out["kl_per_step"]) >= 0)
+    mean = np.asarray(decoder.generate(r, camera))
+    assert mean.shape == (2, 32, 32, 3) and mean.min() >= 0 and mean.max() <= 1
+
+
+def test_bad_r_size():
+    decoder = make_draw()
+    with pytest.raises(ValueError, match="needs r of 1x1 or 8x8, got 4x4"):
+        decoder.build((None, 4, 4, 16), (None, 7))
+
+
+def test_hoisted_and_direct_decoders_agree():
+    rng = np.random.default_rng(2)
+    inputs = decoder_inputs(rng)
+    hoisted, direct = make_draw(hoist=True), make_draw(hoist=False)
+    hoisted(*inputs)
+    direct(*inputs)
+    direct.set_weights(hoisted.get_weights())
+    a, b = hoisted(*inputs, seed=5), direct(*inputs, seed=5)
+    for key in ("mean", "kl_per_step"):
+        np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), rtol=1e-4, atol=1e-5)
+
+
+def test_seeded_sampling_is_deterministic():
+    rng = np.random.default_rng(3)
+    inputs = decoder_inputs(rng)
+    decoder = make_draw()
+    first, second = decoder(*inputs, seed=7), decoder(*inputs, seed=7)
+    np.testing.assert_array_equal(np.asarray(first["mean"]), np.asarray(second["mean"]))
+    other = decoder(*inputs, seed=8)
+    assert not np.array_equal(np.asarray(first["kl"]), np.asarray(other["kl"]))
+
+
+def core_params(decoder):
+    return sum(
+        int(np.prod(v.shape)) for core in decoder.generator_cores + decoder.inference_cores for v in core.weights
+    )
+
+
+def test_unshared_cores_have_l_times_the_core_params():
+    rng = np.random.default_rng(4)
+    inputs = decoder_inputs(rng)
+    steps = 3
+    shared, unshared = make_draw(num_steps=steps, shared_cores=True), make_draw(num_steps=steps)
+    shared(*inputs)
+    unshared(*inputs)
+    assert len(shared.generator_cores) == 1 and len(unshared.generator_cores) == steps
+    assert core_params(unshared) == steps * core_params(shared)
+    # Everything but the cores (heads, canvas convs) is shared either way.
+    assert unshared.count_params() - shared.count_params() == (steps - 1) * core_params(shared)
+
+
+def test_mixed_bfloat16_keeps_outputs_float32():
+    rng = np.random.default_rng(5)
+    decoder = make_draw(dtype="mixed_bfloat16")
+    inputs = decoder_inputs(rng)
+    out = decoder(*inputs)
+    out["prior_mean"] = decoder.generate(*inputs[:2])
+    assert decoder.generator_cores[0].compute_dtype == "bfloat16"
+    assert decoder.generator_cores[0].step_kernel.dtype == "float32"
+    for key in ("mean", "kl", "kl_per_step", "prior_mean"):
+        assert keras.backend.standardize_dtype(out[key].dtype) == "float32"
+        assert np.all(np.isfinite(np.asarray(out[key])))
+
+
+def test_config_round_trip():
+    decoder = make_draw(shared_cores=True, hoist=False, kernel_size=3)
+    assert draw.ConvDRAW.from_config(decoder.get_config()).get_config() == decoder.get_config()
+    cell = draw.ConvLSTMCell(12, kernel_size=3, forget_bias=0.5)
+    assert draw.ConvLSTMCell.from_config(cell.get_config()).get_config() == cell.get_config()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(decoder))
+    assert isinstance(restored, draw.ConvDRAW)

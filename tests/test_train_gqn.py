@@ -1,0 +1,120 @@
+"""End to end: `python -m trainer.train_gqn` on tiny data, resumption and bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_random_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train(*flags, env=None):
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.train_gqn", *flags], cwd=ROOT, capture_output=True,
+        text=True, timeout=600, env={**os.environ, **(env or {})},
+    )
+    return done.returncode, done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    data = root / "data"
+    write_random_dataset(str(data), scenes=(8, 4), shards=(2, 1))
+    model_dir = root / "model"
+    flags = ["--data_dir", str(data), "--preset", "tiny", "--model_dir", str(model_dir),
+             "--batch_size", "2", "--eval_every", "2", "--checkpoint_every", "2", "--log_every", "1"]
+    code, err = train(*flags, "--max_steps", "3")
+    assert code == 0, err[-3000:]
+    return model_dir, flags, err
+
+
+def test_a_run_writes_checkpoints_summaries_images_and_its_config(tiny_run):
+    model_dir, _, err = tiny_run
+    run = json.loads((model_dir / "run.json").read_text())
+    assert run["preset"] == "tiny" and run["config"]["batch_size"] == 2
+    assert run["config"]["h_dim"] == 8 and run["dataset"] == "shepard_metzler_5_parts"
+    indexes = sorted(p.name for p in (model_dir / "checkpoints").glob("*.index"))
+    assert indexes == ["ckpt-2.index", "ckpt-3.index"]
+    assert list((model_dir / "logs" / "train").glob("events.out.tfevents.*"))
+    assert list((model_dir / "logs" / "eval").glob("events.out.tfevents.*"))
+    assert (model_dir / "final.png").stat().st_size > 0
+    assert sorted(p.name for p in (model_dir / "samples").iterdir()) == [
+        "step_0000002.png", "step_0000003.png"]
+    assert (model_dir / "model.keras").exists()
+    assert "Done: step 3" in err and "tensorboard --logdir" in err
+
+
+def test_training_scalars_cover_every_loss_term(tiny_run):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    model_dir, _, _ = tiny_run
+    events = event_accumulator.EventAccumulator(str(model_dir / "logs" / "train"))
+    events.Reload()
+    tags = set(events.Tags()["tensors"]) | set(events.Tags()["scalars"])
+    assert {"elbo", "nll", "kl", "mse", "sigma", "learning_rate", "scenes_per_s"} <= tags
+    images = event_accumulator.EventAccumulator(str(model_dir / "logs" / "eval"))
+    images.Reload()
+    assert "predictions" in set(images.Tags()["tensors"]) | set(images.Tags()["images"])
+
+
+def test_rerunning_resumes_and_a_changed_model_is_refused(tiny_run):
+    model_dir, flags, _ = tiny_run
+    code, err = train(*flags, "--max_steps", "4")
+    assert code == 0, err[-3000:]
+    assert "Resuming tiny GQN on shepard_metzler_5_parts at step 3 of 4" in err
+    assert (model_dir / "checkpoints" / "ckpt-4.index").exists()
+    before = sorted(os.listdir(model_dir / "checkpoints"))
+    code, err = train(*flags, "--max_steps", "6", "--h_dim", "16")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        f"train_gqn: error: --model_dir {model_dir} holds a run with other h_dim; "
+        "resume it with its settings or choose a new --model_dir.")
+    assert sorted(os.listdir(model_dir / "checkpoints")) == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dataset", "shepard"], "train_gqn: error: Unknown dataset 'shepard'; expected one of:"),
+    (["--context_size", "15"], "train_gqn: error: context_size=15 does not fit shepard_metzler_5_parts"),
+    (["--h_dim", "0"], "train_gqn: error: GQNConfig: h_dim must be positive, got 0."),
+])
+def test_bad_flags_get_one_line_errors(tmp_path, flags, message):
+    write_random_dataset(str(tmp_path / "data"), scenes=(2, 1), shards=(1, 1))
+    code, err = train("--data_dir", str(tmp_path / "data"), "--preset", "tiny",
+                      "--model_dir", str(tmp_path / "m"), *flags)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(message)
+
+
+def test_missing_data_dir_names_the_expected_layout(tmp_path):
+    code, err = train("--data_dir", str(tmp_path / "none"), "--preset", "tiny",
+                      "--model_dir", str(tmp_path / "m"))
+    assert code == 2
+    assert "No shards in" in err and "001-of-900.tfrecord" in err
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_run_resumes(tmp_path):
+    import re
+    import signal
+    import time
+
+    write_random_dataset(str(tmp_path / "data"), scenes=(4, 2), shards=(1, 1))
+    flags = ["--data_dir", str(tmp_path / "data"), "--preset", "tiny", "--batch_size", "2",
+             "--model_dir", str(tmp_path / "m"), "--checkpoint_every", "100000", "--eval_every", "100000"]
+    process = subprocess.Popen([sys.executable, "-m", "trainer.train_gqn", *flags, "--max_steps", "100000"],
+                               cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in process.stderr:
+        if line.startswith("Starting tiny GQN"):
+            break
+    time.sleep(4)  # past the first steps
+    process.send_signal(signal.SIGTERM)
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 130
+    step = int(re.search(r"Stopped at step (\d+); checkpoint", err).group(1))
+    assert step >= 1 and (tmp_path / "m" / "checkpoints" / f"ckpt-{step}.index").exists()
+    code, err = train(*flags, "--max_steps", str(step + 1))
+    assert code == 0 and f"Resuming tiny GQN on shepard_metzler_5_parts at step {step} of" in err

@@ -1,0 +1,272 @@
+"""Every hyper-parameter of a GQN run, and the named presets.
+
+`GQNConfig` is the one source of truth: the model is built from
+`config.model_kwargs()`, the optimizer from `config.optimizer()`, and
+`config.to_dict()` is what a run saves beside its checkpoints.
+"""
+
+import dataclasses
+import typing
+
+ENCODERS = ("tower", "pool", "pyramid")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+# Fields passed to `GQN(...)`; the rest only concern training.
+MODEL_FIELDS = (
+    "encoder",
+    "r_dim",
+    "h_dim",
+    "z_dim",
+    "num_steps",
+    "shared_cores",
+    "canvas_dim",
+    "image_size",
+    "pose_dim",
+    "kernel_size",
+    "hoist",
+    "sigma_initial",
+    "sigma_final",
+    "sigma_steps",
+    "seed",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GQNConfig:
+    """Model and training hyper-parameters; defaults are the paper's (DESIGN §3).
+
+    Args:
+        encoder: "tower" (r is image/4 square), "pool" or "pyramid" (r is 1x1).
+        r_dim: channels of the representation r.
+        h_dim: hidden channels of the ConvLSTM cores (at image/4).
+        z_dim: channels of the latent z per step.
+        num_steps: ConvDRAW steps L.
+        shared_cores: one generator and one inference core for all L steps.
+        canvas_dim: channels of the canvas u (at full resolution).
+        image_size: frame height and width; a multiple of 4 (8 for pyramid).
+        pose_dim: camera vector length.
+        kernel_size: ConvLSTM gate and prior/posterior head kernel size.
+        hoist: compute the gate terms of r, query camera and query image once
+            per scene instead of once per step (same result, faster).
+        batch_size: global batch size (scenes per step over all replicas).
+        context_size: largest number of context views.
+        max_steps: training steps.
+        lr_initial: Adam learning rate at step 0.
+        lr_final: Adam learning rate from `lr_steps` on.
+        lr_steps: steps of the linear learning-rate annealing.
+        sigma_initial: pixel standard deviation at step 0.
+        sigma_final: pixel standard deviation from `sigma_steps` on.
+        sigma_steps: steps of the linear pixel-sigma annealing.
+        adam_beta1: Adam's first-moment decay.
+        adam_beta2: Adam's second-moment decay.
+        adam_epsilon: Adam's epsilon.
+        dtype_policy: "float32", "mixed_bfloat16" or "mixed_float16".
+        seed: seed of the latent sampling.
+    """
+
+    # === Model ===
+    encoder: str = "tower"
+    r_dim: int = 256
+    h_dim: int = 128
+    z_dim: int = 3
+    num_steps: int = 12
+    shared_cores: bool = False
+    canvas_dim: int = 128
+    image_size: int = 64
+    pose_dim: int = 7
+    kernel_size: int = 5
+    hoist: bool = True
+    # === Training ===
+    batch_size: int = 36
+    context_size: int = 5
+    max_steps: int = 2_000_000
+    lr_initial: float = 5e-4
+    lr_final: float = 5e-5
+    lr_steps: int = 1_600_000
+    sigma_initial: float = 2.0
+    sigma_final: float = 0.7
+    sigma_steps: int = 200_000
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    dtype_policy: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = hints[field.name]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, field.name, float(value))
+                continue
+            if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+                raise ValueError(
+                    f"GQNConfig.{field.name} must be {expected.__name__}, "
+                    f"got {value!r} ({type(value).__name__})."
+                )
+        self._check_values()
+
+    def _check_values(self):
+        def fail(message):
+            raise ValueError(f"GQNConfig: {message}")
+
+        if self.encoder not in ENCODERS:
+            fail(f"encoder {self.encoder!r} is not one of {', '.join(ENCODERS)}.")
+        if self.dtype_policy not in DTYPE_POLICIES:
+            fail(f"dtype_policy {self.dtype_policy!r} is not one of {', '.join(DTYPE_POLICIES)}.")
+        for name in (
+            "r_dim", "h_dim", "z_dim", "num_steps", "canvas_dim", "image_size", "pose_dim",
+            "kernel_size", "batch_size", "context_size", "max_steps", "lr_steps", "sigma_steps",
+        ):
+            if getattr(self, name) <= 0:
+                fail(f"{name} must be positive, got {getattr(self, name)}.")
+        for name in ("lr_initial", "lr_final", "sigma_initial", "sigma_final", "adam_epsilon"):
+            if getattr(self, name) <= 0:
+                fail(f"{name} must be positive, got {getattr(self, name)}.")
+        multiple = 8 if self.encoder == "pyramid" else 4
+        if self.image_size % multiple:
+            fail(
+                f"image_size {self.image_size} must be a multiple of {multiple} "
+                f"for the {self.encoder} encoder."
+            )
+        if self.encoder in ("tower", "pool") and self.r_dim % 2:
+            fail(f"r_dim {self.r_dim} must be even for the {self.encoder} encoder.")
+        if self.encoder == "pyramid" and self.r_dim % 8:
+            fail(f"r_dim {self.r_dim} must be a multiple of 8 for the pyramid encoder.")
+
+    # === Conversions ===
+    @classmethod
+    def field_names(cls):
+        """Names of every field, in declaration order."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def replace(self, **overrides):
+        """A copy with `overrides` applied; unknown fields raise a ValueError."""
+        _check_fields(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self):
+        """Plain dict of every field (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Inverse of `to_dict`; missing fields take their defaults."""
+        _check_fields(values)
+        return cls(**values)
+
+    def model_kwargs(self):
+        """Keyword arguments of `GQN(...)` (the dtype policy excluded)."""
+        return {name: getattr(self, name) for name in MODEL_FIELDS}
+
+    def learning_rate(self):
+        """The paper's annealed learning-rate schedule with this config's constants."""
+        from tiered_gqn.training.schedules import AnnealedSchedule
+
+        return AnnealedSchedule(self.lr_initial, self.lr_final, self.lr_steps)
+
+    def optimizer(self):
+        """A fresh Adam with the annealed learning rate and this config's constants."""
+        import keras
+
+        return keras.optimizers.Adam(
+            learning_rate=self.learning_rate(),
+            beta_1=self.adam_beta1,
+            beta_2=self.adam_beta2,
+            epsilon=self.adam_epsilon,
+        )
+
+
+def _check_fields(values):
+    known = GQNConfig.field_names()
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"Unknown GQNConfig field(s) {', '.join(unknown)}; known fields: {', '.join(known)}."
+        )
+
+
+# === Presets ===
+PRESETS = {
+    # DESIGN §3 exactly.
+    "paper": GQNConfig(),
+    # Trains visibly on a 2-core CPU within minutes: about 0.45 s per step
+    # (batch 16, 5 context views, 64x64) in mixed_bfloat16 with shared cores,
+    # so 500 steps take about 4 minutes (float32: about 1.5 s per step).
+    # Schedules are shortened to the run length; sigma starts at 1.0, since
+    # from 2.0 over a few hundred steps the KL collapsed to zero.
+    "small": GQNConfig(
+        encoder="pool",
+        r_dim=128,
+        h_dim=64,
+        z_dim=16,
+        num_steps=6,
+        shared_cores=True,
+        canvas_dim=32,
+        batch_size=16,
+        context_size=5,
+        max_steps=500,
+        lr_initial=1e-3,
+        lr_final=5e-4,
+        lr_steps=500,
+        sigma_initial=1.0,
+        sigma_final=0.7,
+        sigma_steps=300,
+        dtype_policy="mixed_bfloat16",
+    ),
+    # Unit tests: a few milliseconds per step.
+    "tiny": GQNConfig(
+        encoder="pool",
+        r_dim=16,
+        h_dim=8,
+        z_dim=4,
+        num_steps=2,
+        shared_cores=False,
+        canvas_dim=8,
+        image_size=32,
+        batch_size=4,
+        context_size=3,
+        max_steps=100,
+        lr_initial=1e-3,
+        lr_final=1e-3,
+        lr_steps=100,
+        sigma_initial=0.7,
+        sigma_final=0.7,
+        sigma_steps=100,
+    ),
+    # Issue 3 speed benchmarks (DESIGN §7).
+    "bench8": GQNConfig(
+        encoder="pool",
+        r_dim=256,
+        h_dim=128,
+        z_dim=64,
+        num_steps=8,
+        shared_cores=True,
+        batch_size=8,
+        context_size=5,
+        dtype_policy="mixed_bfloat16",
+    ),
+    "bench36": GQNConfig(
+        encoder="pool",
+        r_dim=256,
+        h_dim=128,
+        z_dim=64,
+        num_steps=12,
+        shared_cores=True,
+        batch_size=36,
+        context_size=5,
+        dtype_policy="mixed_bfloat16",
+    ),
+}
+
+
+def get_preset(name, **overrides):
+    """The preset `name` with `overrides` applied, as a `GQNConfig`.
+
+    Raises a one-line ValueError for an unknown preset or field, or a value of
+    the wrong type.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}.")
+    return PRESETS[name].replace(**overrides)

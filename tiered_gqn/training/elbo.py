@@ -1,0 +1,78 @@
+"""Terms of the GQN objective: Gaussian pixel likelihood, latent KL, bits per dim.
+
+Every function returns float32 values per example (summed over all non-batch
+axes), whatever the dtype of its inputs, so that mixed-precision models keep
+their likelihood and KL in float32.
+"""
+
+import math
+
+from keras import ops
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _float32(x):
+    return ops.cast(ops.convert_to_tensor(x), "float32")
+
+
+def sum_per_example(x):
+    """Sums `x` [B, ...] over every axis but the first: [B]."""
+    x = _float32(x)
+    return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
+
+
+def mean_per_example(x):
+    """Averages `x` [B, ...] over every axis but the first: [B]."""
+    x = _float32(x)
+    return ops.mean(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
+
+
+def gaussian_nll(target, mean, sigma):
+    """Negative log-likelihood of `target` under N(mean, sigma^2), in nats.
+
+    Args:
+        target: [B, ...] observed values.
+        mean: [B, ...] predicted means, same shape as `target`.
+        sigma: scalar (or broadcastable) standard deviation.
+
+    Returns:
+        [B] float32, summed over every non-batch axis.
+    """
+    target, mean, sigma = _float32(target), _float32(mean), _float32(sigma)
+    z = (target - mean) / sigma
+    nll = 0.5 * ops.square(z) + ops.log(sigma) + 0.5 * LOG_2PI
+    return sum_per_example(nll)
+
+
+def diag_gaussian_kl(q_mean, q_logscale, p_mean, p_logscale):
+    """KL(q || p) of two diagonal Gaussians given by means and log standard deviations.
+
+    Args:
+        q_mean, q_logscale: [B, ...] the posterior q.
+        p_mean, p_logscale: [B, ...] the prior p, same shape.
+
+    Returns:
+        [B] float32 nats, summed over every non-batch axis.
+    """
+    q_mean, q_logscale = _float32(q_mean), _float32(q_logscale)
+    p_mean, p_logscale = _float32(p_mean), _float32(p_logscale)
+    # log(sp / sq) + (sq^2 + (mq - mp)^2) / (2 sp^2) - 1/2, with s = exp(logscale).
+    variance_ratio = ops.exp(2.0 * (q_logscale - p_logscale))
+    scaled_distance = ops.square((q_mean - p_mean) * ops.exp(-p_logscale))
+    kl = p_logscale - q_logscale + 0.5 * (variance_ratio + scaled_distance - 1.0)
+    return sum_per_example(kl)
+
+
+def squared_error(target, mean):
+    """Mean squared error per example: [B] float32, averaged over every non-batch axis."""
+    return mean_per_example(ops.square(_float32(target) - _float32(mean)))
+
+
+def bits_per_dim(nats, num_dims):
+    """Converts `nats` per example into bits per dimension (for example per subpixel).
+
+    This is the continuous density on [0, 1] pixel values, without the
+    log(256) offset of a discretised likelihood.
+    """
+    return _float32(nats) / (float(num_dims) * math.log(2.0))

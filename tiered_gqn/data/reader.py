@@ -112,8 +112,8 @@ def decode_frames(jpegs):
     """
     if jpegs.shape.is_fully_defined():
         b, n = jpegs.shape
-        flat = tf.reshape(jpegs, [-1])
-        frames = tf.stack([tf.io.decode_jpeg(flat[i], channels=3) for i in range(b * n)])
+        strings = tf.unstack(tf.reshape(jpegs, [b * n]), num=b * n)
+        frames = tf.stack([tf.io.decode_jpeg(s, channels=3) for s in strings])
     else:
         flat = tf.reshape(jpegs, [-1])
         frames = tf.map_fn(

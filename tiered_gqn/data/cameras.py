@@ -3,7 +3,6 @@
 import numpy as np
 
 RAW_CAMERA_SIZE = 5  # [x, y, z, yaw, pitch]
-POSE_SIZE = 7  # [x, y, z, sin(yaw), cos(yaw), sin(pitch), cos(pitch)]
 
 # Shepard-Metzler cameras sit on this sphere and look at the origin.
 SHEPARD_METZLER_RADIUS = 3.3333

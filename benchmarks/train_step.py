@@ -1,0 +1,142 @@
+"""Times the full GQN training step (forward, backward, Adam) on synthetic batches.
+
+    python -m benchmarks.train_step --config bench8 [--mixed_precision none|bf16|fp16] [--steps N]
+
+Prints one JSON line per timed step and a final JSON line with:
+- s_per_step: median seconds per step; scenes_per_s: batch / s_per_step;
+- model_gflop_per_step: FLOPs of every convolution and matmul in the traced
+  training step (forward and both gradients), counted from the graph's static
+  shapes as 2 * multiply-adds: Conv2D, Conv2DBackpropInput (also the
+  transposed convs), Conv2DBackpropFilter, MatMul and BatchMatMul;
+- gflops: model_gflop_per_step / s_per_step;
+- peak_probe_gflops: a large 5x5 convolution training step (forward and both
+  gradients) in the same precision on this machine, the practical ceiling;
+- utilization: gflops / peak_probe_gflops;
+- peak_rss_mb: the process's peak resident memory.
+"""
+
+import json
+import resource
+import statistics
+import tempfile
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "bench8", "Preset to time (bench8, bench36, paper, small, ...).")
+flags.DEFINE_enum("mixed_precision", None, ["none", "bf16", "fp16"],
+                  "Compute precision (default: the preset's).")
+flags.DEFINE_integer("steps", 10, "Timed steps; the median is reported.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing and the first allocations).")
+flags.DEFINE_integer("probe_steps", 5, "Timed steps of the peak convolution probe.")
+
+_CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
+
+
+def _conv_flops(op):
+    """2 * multiply-adds of one convolution op, from static shapes."""
+    if op.type == "Conv2DBackpropFilter":
+        image, grad = op.inputs[0].shape, op.inputs[2].shape
+        kernel = op.outputs[0].shape
+        return 2 * grad.num_elements() * kernel[0] * kernel[1] * kernel[2]
+    if op.type == "Conv2DBackpropInput":
+        kernel, grad = op.inputs[1].shape, op.inputs[2].shape
+        return 2 * grad.num_elements() * kernel[0] * kernel[1] * kernel[2]
+    kernel, out = op.inputs[1].shape, op.outputs[0].shape
+    return 2 * out.num_elements() * kernel[0] * kernel[1] * kernel[2]
+
+
+def _matmul_flops(op):
+    a, out = op.inputs[0].shape, op.outputs[0].shape
+    inner = a[-1] if not op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x") else a[-2]
+    return 2 * out.num_elements() * inner
+
+
+def graph_flops(graph):
+    """FLOPs of the convolutions and matmuls of `graph` and the functions it calls."""
+    total = 0
+    for op in graph.get_operations():
+        if op.type in _CONV_OPS:
+            total += _conv_flops(op)
+        elif op.type in ("MatMul", "BatchMatMulV2"):
+            total += _matmul_flops(op)
+    for function in graph._functions.values():  # nested tf.functions (strategy, optimizer)
+        total += graph_flops(function.graph) if hasattr(function, "graph") else 0
+    return total
+
+
+def peak_probe(dtype, steps):
+    """GFLOP/s of a large 5x5 convolution training step (forward and both gradients)."""
+    import tensorflow as tf
+
+    x = tf.random.uniform([32, 16, 16, 384], dtype=dtype)
+    kernel = tf.Variable(tf.random.uniform([5, 5, 384, 512], dtype=dtype) * 0.01)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.nn.conv2d(x, kernel, 1, "SAME")
+            loss = tf.reduce_sum(tf.cast(y, tf.float32))
+        return tape.gradient(loss, [x, kernel])
+
+    flop = 3 * 2 * 32 * 16 * 16 * 25 * 384 * 512
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        [g.numpy() for g in step()]
+        times.append(time.perf_counter() - start)
+    return flop / statistics.median(times) / 1e9
+
+
+def main(argv):
+    del argv
+    import numpy as np
+    import tensorflow as tf
+
+    from tiered_gqn.models import GQN, get_preset
+    from tiered_gqn.training import loop
+    from trainer.common import MIXED_PRECISION
+
+    overrides = {}
+    if FLAGS.mixed_precision:
+        overrides["dtype_policy"] = MIXED_PRECISION[FLAGS.mixed_precision]
+    config = get_preset(FLAGS.config, **overrides)
+    b, k, s = config.batch_size, config.context_size, config.image_size
+    rng = np.random.default_rng(0)
+    batch = (
+        (tf.constant(rng.uniform(size=(b, k, s, s, 3)), tf.float32),
+         tf.constant(rng.normal(size=(b, k, config.pose_dim)), tf.float32),
+         tf.constant(rng.normal(size=(b, config.pose_dim)), tf.float32)),
+        tf.constant(rng.uniform(size=(b, s, s, 3)), tf.float32),
+    )
+    model = GQN.from_preset(config)
+    optimizer = config.optimizer()
+    optimizer.build(model.trainable_variables)
+    trainer = loop.Trainer(model, optimizer, tf.distribute.get_strategy(), b, tempfile.mkdtemp())
+    flop = graph_flops(trainer._train_step.get_concrete_function(batch).graph)
+    for _ in range(FLAGS.warmup):
+        trainer.train_step(batch)["elbo"].numpy()
+    times = []
+    for i in range(FLAGS.steps):
+        start = time.perf_counter()
+        trainer.train_step(batch)["elbo"].numpy()
+        times.append(time.perf_counter() - start)
+        print(json.dumps({"step": i, "s": round(times[-1], 4)}), flush=True)
+    seconds = statistics.median(times)
+    compute = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
+    probe = peak_probe(compute[config.dtype_policy], FLAGS.probe_steps)
+    gflops = flop / seconds / 1e9
+    print(json.dumps({
+        "benchmark": "train_step", "config": FLAGS.config, "dtype_policy": config.dtype_policy,
+        "batch_size": b, "s_per_step": round(seconds, 4), "scenes_per_s": round(b / seconds, 2),
+        "model_gflop_per_step": round(flop / 1e9, 1), "gflops": round(gflops, 1),
+        "peak_probe_gflops": round(probe, 1), "utilization": round(gflops / probe, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,26 @@
+"""The FLOP count behind benchmarks.train_step."""
+
+import tensorflow as tf
+
+from benchmarks.train_step import graph_flops
+
+
+def test_graph_flops_counts_a_conv_and_both_gradients_and_a_matmul():
+    x = tf.zeros([2, 8, 8, 3])
+    kernel = tf.Variable(tf.zeros([5, 5, 3, 4]))
+    weights = tf.Variable(tf.zeros([4, 6]))
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.nn.conv2d(x, kernel, 1, "SAME")
+            z = tf.matmul(tf.reshape(y, [-1, 4]), weights)
+            loss = tf.reduce_sum(z)
+        return tape.gradient(loss, [x, kernel, weights])
+
+    conv = 2 * (2 * 8 * 8 * 4) * (5 * 5 * 3)
+    matmul = 2 * (128 * 6) * 4
+    # Forward conv, its input and filter gradients; forward matmul and its two gradients.
+    expected = 3 * conv + 3 * matmul
+    assert graph_flops(step.get_concrete_function(x).graph) == expected

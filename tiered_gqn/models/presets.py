@@ -33,7 +33,7 @@ MODEL_FIELDS = (
 
 @dataclasses.dataclass(frozen=True)
 class GQNConfig:
-    """Model and training hyper-parameters; defaults are the paper's (DESIGN §3).
+    """Model and training hyper-parameters; defaults are the paper's (Eslami et al. 2018).
 
     Args:
         encoder: "tower" (r is image/4 square), "pool" or "pyramid" (r is 1x1).
@@ -189,7 +189,7 @@ def _check_fields(values):
 
 # === Presets ===
 PRESETS = {
-    # DESIGN §3 exactly.
+    # Eslami et al. 2018 as the paper-faithful ports set it.
     "paper": GQNConfig(),
     # Trains visibly on a 2-core CPU within minutes: about 0.41 s per step
     # (batch 16, 5 context views, 64x64) in mixed_bfloat16 with shared cores,
@@ -238,7 +238,7 @@ PRESETS = {
         sigma_final=0.7,
         sigma_steps=100,
     ),
-    # Issue 3 speed benchmarks (DESIGN §7).
+    # Speed benchmarks (benchmarks.train_step).
     "bench8": GQNConfig(
         encoder="pool",
         r_dim=256,

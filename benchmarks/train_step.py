@@ -1,6 +1,7 @@
 """Times the full GQN training step (forward, backward, Adam) on synthetic batches.
 
     python -m benchmarks.train_step --config bench8 [--mixed_precision none|bf16|fp16] [--steps N]
+    python -m benchmarks.train_step --config bench8 --nohoist   # any preset field overridden
 
 Prints one JSON line per timed step and a final JSON line with:
 - s_per_step: median seconds per step; scenes_per_s: batch / s_per_step;
@@ -23,10 +24,12 @@ import time
 
 from absl import app, flags
 
+from trainer import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "bench8", "Preset to time (bench8, bench36, paper, small, ...).")
-flags.DEFINE_enum("mixed_precision", None, ["none", "bf16", "fp16"],
-                  "Compute precision (default: the preset's).")
+common.define_preset_flags(default_preset=None)
+flags.adopt_module_key_flags(common)
 flags.DEFINE_integer("steps", 10, "Timed steps; the median is reported.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing and the first allocations).")
 flags.DEFINE_integer("probe_steps", 5, "Timed steps of the peak convolution probe.")
@@ -98,12 +101,8 @@ def main(argv):
 
     from tiered_gqn.models import GQN, get_preset
     from tiered_gqn.training import loop
-    from trainer.common import MIXED_PRECISION
 
-    overrides = {}
-    if FLAGS.mixed_precision:
-        overrides["dtype_policy"] = MIXED_PRECISION[FLAGS.mixed_precision]
-    config = get_preset(FLAGS.config, **overrides)
+    config = get_preset(FLAGS.config, **common.preset_overrides())
     b, k, s = config.batch_size, config.context_size, config.image_size
     rng = np.random.default_rng(0)
     batch = (

@@ -36,9 +36,10 @@ def _field_help():
 
 
 def define_preset_flags(default_preset="small"):
-    """Defines --preset and one override flag per GQNConfig field."""
-    flags.DEFINE_enum("preset", default_preset, sorted(presets.PRESETS),
-                      "Hyper-parameter preset; the flags below override its fields.")
+    """Defines --preset (unless `default_preset` is None) and one override flag per GQNConfig field."""
+    if default_preset is not None:
+        flags.DEFINE_enum("preset", default_preset, sorted(presets.PRESETS),
+                          "Hyper-parameter preset; the flags below override its fields.")
     helps = _field_help()
     hints = typing.get_type_hints(presets.GQNConfig)
     for field in dataclasses.fields(presets.GQNConfig):

@@ -70,12 +70,10 @@ def main(argv):
     if FLAGS.model_dir is None:
         FLAGS.model_dir = os.path.join("runs", f"gqn_{FLAGS.dataset}_{FLAGS.preset}")
     model_dir = FLAGS.model_dir
-    saved = None
-    if os.path.exists(os.path.join(model_dir, checkpoints.RUN_FILE)) or model_dir.startswith("gs://"):
-        try:
-            saved = checkpoints.load_run(model_dir)
-        except FileNotFoundError:
-            saved = None
+    try:
+        saved = checkpoints.load_run(model_dir)  # an existing run resumes
+    except FileNotFoundError:
+        saved = None
     try:
         config = _run_config(saved)
         data_dir = FLAGS.data_dir or (saved or {}).get("data_dir") or cache.default_data_dir(FLAGS.dataset)

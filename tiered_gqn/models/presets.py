@@ -187,6 +187,19 @@ def _check_fields(values):
         )
 
 
+# Speed benchmarks (benchmarks.train_step); bench36 is bench8 with batch 36 and L 12.
+_BENCH8 = GQNConfig(
+    encoder="pool",
+    r_dim=256,
+    h_dim=128,
+    z_dim=64,
+    num_steps=8,
+    shared_cores=True,
+    batch_size=8,
+    context_size=5,
+    dtype_policy="mixed_bfloat16",
+)
+
 # === Presets ===
 PRESETS = {
     # Eslami et al. 2018 as the paper-faithful ports set it.
@@ -238,29 +251,8 @@ PRESETS = {
         sigma_final=0.7,
         sigma_steps=100,
     ),
-    # Speed benchmarks (benchmarks.train_step).
-    "bench8": GQNConfig(
-        encoder="pool",
-        r_dim=256,
-        h_dim=128,
-        z_dim=64,
-        num_steps=8,
-        shared_cores=True,
-        batch_size=8,
-        context_size=5,
-        dtype_policy="mixed_bfloat16",
-    ),
-    "bench36": GQNConfig(
-        encoder="pool",
-        r_dim=256,
-        h_dim=128,
-        z_dim=64,
-        num_steps=12,
-        shared_cores=True,
-        batch_size=36,
-        context_size=5,
-        dtype_policy="mixed_bfloat16",
-    ),
+    "bench8": _BENCH8,
+    "bench36": _BENCH8.replace(batch_size=36, num_steps=12),
 }
 
 

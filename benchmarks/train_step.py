@@ -14,6 +14,10 @@ Prints one JSON line per timed step and a final JSON line with:
   gradients) in the same precision on this machine, the practical ceiling;
 - utilization: gflops / peak_probe_gflops;
 - peak_rss_mb: the process's peak resident memory.
+
+With --profile DIR it also traces one step into DIR (TensorBoard's Profile
+tab) and prints the op time by category and op type before the final line,
+whose `profile_ms` gives the categories.
 """
 
 import json
@@ -32,7 +36,13 @@ common.define_preset_flags(default_preset=None)
 flags.adopt_module_key_flags(common)
 flags.DEFINE_integer("steps", 10, "Timed steps; the median is reported.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing and the first allocations).")
-flags.DEFINE_integer("probe_steps", 5, "Timed steps of the peak convolution probe.")
+flags.DEFINE_integer("probe_steps", 5, "Timed steps of the peak convolution probe (the best counts).")
+flags.DEFINE_bool("input_pipeline", False,
+                  "Feed the timed steps from tiered_gqn.data.load (the embedded procedural "
+                  "Shepard-Metzler data, or --data_dir) instead of one synthetic batch, and report "
+                  "input_wait_s: the median time a step waited for its batch.")
+flags.DEFINE_string("data_dir", None, "Data root for --input_pipeline (default: the embedded data).")
+flags.DEFINE_string("profile", None, "Trace one more step into this directory and print where its time goes.")
 
 _CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
 
@@ -91,7 +101,17 @@ def peak_probe(dtype, steps):
         start = time.perf_counter()
         [g.numpy() for g in step()]
         times.append(time.perf_counter() - start)
-    return flop / statistics.median(times) / 1e9
+    return flop / min(times) / 1e9
+
+
+def _batches(config):
+    """An iterator of reader batches shaped like the config's synthetic batch."""
+    from tiered_gqn.data import cache, reader
+
+    dataset = "shepard_metzler_5_parts"
+    data_dir = FLAGS.data_dir or cache.default_data_dir(dataset)
+    return iter(reader.load(dataset, data_dir, "train", batch_size=config.batch_size,
+                            context_size=config.context_size, image_size=config.image_size))
 
 
 def main(argv):
@@ -102,7 +122,7 @@ def main(argv):
     from tiered_gqn.models import GQN, get_preset
     from tiered_gqn.training import loop
 
-    config = get_preset(FLAGS.config, **common.preset_overrides())
+    config = get_preset(FLAGS.config, **common.preset_overrides()).for_machine()
     b, k, s = config.batch_size, config.context_size, config.image_size
     rng = np.random.default_rng(0)
     batch = (
@@ -114,26 +134,43 @@ def main(argv):
     model = GQN.from_preset(config)
     optimizer = config.optimizer()
     optimizer.build(model.trainable_variables)
-    trainer = loop.Trainer(model, optimizer, tf.distribute.get_strategy(), b, tempfile.mkdtemp())
+    trainer = loop.Trainer(model, optimizer, tf.distribute.get_strategy(), b, tempfile.mkdtemp(),
+                           jit_compile=config.jit_compile == "on")
     flop = graph_flops(trainer._train_step.get_concrete_function(batch).graph)
     for _ in range(FLAGS.warmup):
         trainer.train_step(batch)["elbo"].numpy()
-    times = []
+    batches = _batches(config) if FLAGS.input_pipeline else None
+    times, waits = [], []
     for i in range(FLAGS.steps):
         start = time.perf_counter()
+        if batches is not None:
+            batch = next(batches)
+            waits.append(time.perf_counter() - start)
         trainer.train_step(batch)["elbo"].numpy()
         times.append(time.perf_counter() - start)
         print(json.dumps({"step": i, "s": round(times[-1], 4)}), flush=True)
     seconds = statistics.median(times)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the probes
+    profile_ms = None
+    if FLAGS.profile:
+        from benchmarks import profile
+
+        profile.trace(lambda: trainer.train_step(batch)["elbo"].numpy(), FLAGS.profile)
+        op_ms, counts = profile.op_times(FLAGS.profile)
+        print(profile.report(op_ms, counts), flush=True)
+        profile_ms = {name: round(ms, 1) for name, ms in profile.by_category(op_ms).items()}
     compute = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
     probe = peak_probe(compute[config.dtype_policy], FLAGS.probe_steps)
     gflops = flop / seconds / 1e9
     print(json.dumps({
         "benchmark": "train_step", "config": FLAGS.config, "dtype_policy": config.dtype_policy,
+        "jit_compile": config.jit_compile,
         "batch_size": b, "s_per_step": round(seconds, 4), "scenes_per_s": round(b / seconds, 2),
         "model_gflop_per_step": round(flop / 1e9, 1), "gflops": round(gflops, 1),
         "peak_probe_gflops": round(probe, 1), "utilization": round(gflops / probe, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        **({"input_wait_s": round(statistics.median(waits), 5)} if waits else {}),
+        **({"profile_ms": profile_ms} if profile_ms else {}),
     }))
 
 

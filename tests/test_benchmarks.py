@@ -24,3 +24,29 @@ def test_graph_flops_counts_a_conv_and_both_gradients_and_a_matmul():
     # Forward conv, its input and filter gradients; forward matmul and its two gradients.
     expected = 3 * conv + 3 * matmul
     assert graph_flops(step.get_concrete_function(x).graph) == expected
+
+
+def test_profile_attributes_op_time_to_convolutions_and_their_gradients(tmp_path):
+    from benchmarks import profile
+
+    x = tf.random.uniform([4, 16, 16, 32])
+    kernel = tf.Variable(tf.random.uniform([5, 5, 32, 64]))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(tf.nn.conv2d(x, kernel, 1, "SAME")))
+        return tape.gradient(loss, [x, kernel])
+
+    step()
+    profile.trace(lambda: [g.numpy() for g in step()], str(tmp_path))
+    times, counts = profile.op_times(str(tmp_path))
+    categories = profile.by_category(times)
+    for name in ("convolution, forward", "convolution, input gradient", "convolution, filter gradient"):
+        assert categories[name] > 0, (name, times)
+    assert categories["optimizer"] == 0 and sum(categories.values()) == sum(times.values())
+    assert profile.category("ResourceApplyAdam") == "optimizer"
+    assert profile.category("Sigmoid") == profile.OTHER
+    table = profile.report(times, counts)
+    assert "convolution, filter gradient" in table and "calls" in table

@@ -33,6 +33,13 @@ def test_hoisted_gates_equal_the_fused_conv():
     hoisted = cell.step(step_inputs, state, cell.precompute(constants))
     for a, b in zip(direct, hoisted):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # A None state or step input is zeros, its kernel rows skipped.
+    zeros = np.zeros_like(state[0])
+    skipped = cell.step([step_inputs[0], None], None, cell.precompute(constants))
+    full = cell.step([step_inputs[0], np.zeros_like(step_inputs[1])], (zeros, zeros),
+                     cell.precompute(constants))
+    for a, b in zip(full, skipped):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     # One fused gate conv of 5x5 over [constants, step inputs, h] -> 4 gates.
     fan_in = cell.constant_kernel.shape[2] + cell.step_kernel.shape[2]
     assert fan_in == 5 + 7 + 3 + 6 + 6 and cell.step_kernel.shape[-1] == 4 * 6
@@ -68,6 +75,45 @@ def test_hoisted_and_direct_decoders_agree():
     a, b = hoisted(*inputs, seed=5), direct(*inputs, seed=5)
     for key in ("mean", "kl_per_step"):
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), rtol=1e-4, atol=1e-5)
+
+
+def randomize(decoder, rng):
+    """Random weights everywhere, biases included, so that no term is trivially zero."""
+    decoder.set_weights([rng.normal(scale=0.2, size=w.shape).astype(np.float32)
+                         for w in decoder.get_weights()])
+
+
+def outputs_and_gradients(decoder, inputs, seed=5):
+    import tensorflow as tf
+
+    r, camera, target = (tf.constant(x) for x in inputs)
+    with tf.GradientTape() as tape:
+        tape.watch(r)
+        out = decoder(r, camera, target, seed=seed)
+        loss = tf.reduce_sum(out["mean"] ** 2) + tf.reduce_sum(out["kl"])
+    grads = tape.gradient(loss, [r] + decoder.trainable_variables)
+    return out, [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("other", [dict(fold_canvas=False), dict(remat=True),
+                                   dict(fold_canvas=False, remat=True, hoist=False)])
+def test_folded_canvas_and_remat_match_the_direct_computation(other):
+    rng = np.random.default_rng(9)
+    inputs = decoder_inputs(rng, r_side=8)
+    reference, variant = make_draw(num_steps=3), make_draw(num_steps=3, **other)
+    reference(*inputs)
+    variant(*inputs)
+    randomize(reference, rng)
+    variant.set_weights(reference.get_weights())
+    (a, grads_a), (b, grads_b) = outputs_and_gradients(reference, inputs), outputs_and_gradients(variant, inputs)
+    for key in ("mean", "kl_per_step"):
+        np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(reference.generate(*inputs[:2], seed=3)),
+                               np.asarray(variant.generate(*inputs[:2], seed=3)), rtol=1e-4, atol=1e-5)
+    assert len(grads_a) == len(grads_b) == 1 + len(reference.trainable_variables)
+    for name, ga, gb in zip(["r"] + [v.path for v in reference.trainable_variables], grads_a, grads_b):
+        assert np.abs(ga).max() > 0, name  # every weight, the canvas ones included, gets a gradient
+        np.testing.assert_allclose(ga, gb, rtol=2e-3, atol=1e-4 * np.abs(ga).max(), err_msg=name)
 
 
 def test_seeded_sampling_is_deterministic():

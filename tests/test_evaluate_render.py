@@ -78,10 +78,14 @@ def test_restore_model_restores_every_variable_and_the_step(tiny_run):
 
     model, run, step = checkpoints.restore_model(str(tiny_run))
     assert step == 4 and run["dataset"] == SM
-    saved = {w.path: w.numpy() for w in keras.saving.load_model(tiny_run / "model.keras").weights}
-    assert len(saved) == len(model.weights)
-    for weight in model.weights:
-        np.testing.assert_array_equal(weight.numpy(), saved[weight.path], err_msg=weight.path)
+    def by_path(model):  # below the model, whose own name depends on how many were made
+        return {w.path.split("/", 1)[1]: w.numpy() for w in model.weights}
+
+    saved = by_path(keras.saving.load_model(tiny_run / "model.keras"))
+    restored = by_path(model)
+    assert len(saved) == len(model.weights) and restored.keys() == saved.keys()
+    for path, value in restored.items():
+        np.testing.assert_array_equal(value, saved[path], err_msg=path)
 
 
 def test_evaluate_and_render_fail_in_one_line_without_a_run(tmp_path):
@@ -119,9 +123,10 @@ def test_render_writes_the_grid_and_orbit(tiny_run, tmp_path):
         for i in range(frames):
             image.seek(i)
             views.append(np.asarray(image.convert("RGB"), np.float32)[::2, ::2])
-    # The context panels stay (up to the GIF palette).
+    # The context panels stay, pixel for pixel (the GIF has one palette).
     context = k * (IMAGE + 2)
-    assert max(np.abs(v[:height, :context] - views[0][:height, :context]).max() for v in views) <= 8
+    for v in views[1:]:
+        np.testing.assert_array_equal(v[:height, :context], views[0][:height, :context])
 
 
 def test_orbit_views_share_one_latent_seed():

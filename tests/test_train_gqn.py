@@ -38,6 +38,9 @@ def test_a_run_writes_checkpoints_summaries_images_and_its_config(tiny_run):
     run = json.loads((model_dir / "run.json").read_text())
     assert run["preset"] == "tiny" and run["config"]["batch_size"] == 2
     assert run["config"]["h_dim"] == 8 and run["dataset"] == "shepard_metzler_5_parts"
+    # The settings actually used, and the machine they were chosen for.
+    assert (run["config"]["dtype_policy"], run["config"]["jit_compile"]) == ("float32", "off")
+    assert set(run["machine"]) == {"gpus", "cpu_count", "cpu_bf16"}
     indexes = sorted(p.name for p in (model_dir / "checkpoints").glob("*.index"))
     assert indexes == ["ckpt-2.index", "ckpt-3.index"]
     assert list((model_dir / "logs" / "train").glob("events.out.tfevents.*"))

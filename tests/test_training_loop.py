@@ -28,7 +28,7 @@ STAND_IN = textwrap.dedent('''
             error = tf.reduce_sum(tf.square(self.dense(query) - target[:, 0, 0]), axis=1)
             return {name: error for name in loop.METRICS}
 
-    def run(strategy, model_dir):
+    def run(strategy, model_dir, jit_compile=False):
         with strategy.scope():
             model = Linear()
             optimizer = keras.optimizers.SGD(0.1)
@@ -40,7 +40,7 @@ STAND_IN = textwrap.dedent('''
              rng.normal(size=(n, 7)).astype(np.float32)),
             rng.normal(size=(n, 4, 4, 3)).astype(np.float32),
         )).repeat()
-        trainer = loop.Trainer(model, optimizer, strategy, n, model_dir)
+        trainer = loop.Trainer(model, optimizer, strategy, n, model_dir, jit_compile=jit_compile)
         metrics = trainer.fit(data, max_steps=3, checkpoint_every=2, verbose=False)
         return model.dense.kernel.numpy(), metrics
 ''')
@@ -70,6 +70,18 @@ def test_two_replicas_average_over_the_global_batch_like_one(tmp_path):
     assert _run(script).strip().endswith("ok")
     assert sorted(p.name for p in (tmp_path / "one" / "checkpoints").glob("*.index")) == [
         "ckpt-2.index", "ckpt-3.index"]
+
+
+def test_xla_compiled_steps_give_the_same_update(tmp_path):
+    script = STAND_IN + textwrap.dedent(f'''
+        strategy = tf.distribute.get_strategy()
+        plain, m1 = run(strategy, {str(tmp_path / "plain")!r})
+        xla, m2 = run(strategy, {str(tmp_path / "xla")!r}, jit_compile=True)
+        np.testing.assert_allclose(plain, xla, rtol=1e-5)
+        assert abs(m1["elbo"] - m2["elbo"]) < 1e-4 * abs(m1["elbo"]), (m1, m2)
+        print("ok")
+    ''')
+    assert _run(script).strip().endswith("ok")
 
 
 def test_resumed_training_continues_from_the_checkpointed_step(tmp_path):

@@ -51,13 +51,15 @@ def save_png(path, image):
 
 
 def save_gif(path, frames, seconds_per_frame=0.1, scale=2):
-    """Writes frames (uint8 [N, H, W, 3], or floats in [0, 1]) as a looping GIF."""
+    """Writes frames (uint8 [N, H, W, 3], or floats in [0, 1]) as a looping GIF with one palette."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         frames = to_uint8(frames)
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-    images = [Image.fromarray(f) for f in frames]
+    # One palette for every frame, so that unchanged pixels stay unchanged.
+    palette = Image.fromarray(np.concatenate(list(frames), axis=0)).quantize(colors=256)
+    images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(seconds_per_frame * 1000), loop=0)

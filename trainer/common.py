@@ -12,7 +12,8 @@ from tiered_gqn.models import presets
 
 FLAGS = flags.FLAGS
 
-MIXED_PRECISION = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+MIXED_PRECISION = {"auto": "auto", "none": "float32", "bf16": "mixed_bfloat16",
+                   "fp16": "mixed_float16"}
 # GQNConfig fields set through other flags.
 _NOT_OVERRIDES = ("dtype_policy",)
 
@@ -51,8 +52,10 @@ def define_preset_flags(default_preset="small"):
                   float: flags.DEFINE_float, str: flags.DEFINE_string}[kind]
         define(field.name, None, text)
     flags.DEFINE_enum("mixed_precision", None, sorted(MIXED_PRECISION),
-                      "Compute precision: none (float32), bf16 or fp16; likelihood and KL stay "
-                      "float32 (default: the preset's).")
+                      "Compute precision: none (float32), bf16, fp16 (loss-scaled), or auto: the "
+                      "fastest sound one for this machine (bf16 on GPUs of compute capability 8+ "
+                      "and CPUs with AMX or AVX512-BF16, fp16 on older GPUs, else float32). "
+                      "Likelihood and KL stay float32 (default: the preset's).")
 
 
 def preset_overrides():

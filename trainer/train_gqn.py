@@ -45,8 +45,8 @@ def _run_config(saved):
 
     overrides = common.preset_overrides()
     if saved is None:
-        return presets.get_preset(FLAGS.preset, **overrides)
-    config = saved["config"].replace(**overrides)
+        return presets.get_preset(FLAGS.preset, **overrides).for_machine()
+    config = saved["config"].replace(**overrides).for_machine()
     changed = [k for k, v in config.model_kwargs().items() if saved["config"].model_kwargs()[k] != v]
     if changed or saved["dataset"] != FLAGS.dataset:
         what = ", ".join(changed) or "dataset"
@@ -64,7 +64,7 @@ def main(argv):
 
     from tiered_gqn.data import cache, reader
     from tiered_gqn.models import GQN
-    from tiered_gqn.training import checkpoints, distribute, loop, summaries
+    from tiered_gqn.training import checkpoints, distribute, loop, machine, summaries
     from tiered_gqn import viz
 
     if FLAGS.model_dir is None:
@@ -94,11 +94,12 @@ def main(argv):
         model = GQN.from_preset(config)
         optimizer = config.optimizer()
         optimizer.build(model.trainable_variables)
-    trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, model_dir)
+    trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, model_dir,
+                           jit_compile=config.jit_compile == "on")
     resumed = trainer.restore()
     run = {
         "dataset": FLAGS.dataset, "data_dir": data_dir, "preset": FLAGS.preset,
-        "config": config.to_dict(), "strategy": FLAGS.strategy,
+        "config": config.to_dict(), "strategy": FLAGS.strategy, "machine": machine.describe(),
         "num_replicas": strategy.num_replicas_in_sync,
         "random_context_size": FLAGS.random_context_size,
         "versions": {"tensorflow": tf.__version__, "keras": __import__("keras").__version__},
@@ -106,7 +107,8 @@ def main(argv):
     checkpoints.save_run(model_dir, run)
     print(f"{'Resuming' if resumed else 'Starting'} {FLAGS.preset} GQN on {FLAGS.dataset} at step "
           f"{trainer.step} of {config.max_steps} ({model.count_params():,} parameters, "
-          f"{config.dtype_policy}, {strategy.num_replicas_in_sync} replica(s)); run dir {model_dir}",
+          f"{config.dtype_policy}, XLA {config.jit_compile}, {strategy.num_replicas_in_sync} "
+          f"replica(s)); run dir {model_dir}",
           file=sys.stderr)
 
     writer = summaries.Summaries(model_dir)

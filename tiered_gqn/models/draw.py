@@ -5,6 +5,15 @@ for L steps; at each step a latent z is drawn from the posterior (training:
 conditioned on the query image) or from the prior (generation), fed to the
 generator, whose hidden state is written onto a full-resolution canvas u. The
 image mean is a 1x1 conv of the final canvas, squashed to [0, 1] by a sigmoid.
+
+Everything between the generator state and the sigmoid is linear: the canvas
+u_t is the sum of ConvTranspose 4x4/4 of the states h_1..h_t, the inference
+core reads it through a conv 4x4/4, and the observation head is a 1x1 conv.
+With `fold_canvas` the decoder therefore keeps H_t = h_1 + ... + h_t at core
+resolution instead of u_t: the inference core's input is a 1x1 conv of H_t
+(the two 4x4/4 kernels composed), and the image a single ConvTranspose of H_L
+(upsample and observation kernels composed). Same weights, same result up to
+float rounding; no full-resolution canvas is ever stored.
 """
 
 import math
@@ -14,6 +23,11 @@ from keras import ops
 
 from tiered_gqn.models.encoders import broadcast_spatial
 from tiered_gqn.training.elbo import diag_gaussian_kl
+
+
+def _float32(variable):
+    """A variable's value as float32 (inside a mixed-precision call it reads as the compute dtype)."""
+    return ops.cast(ops.convert_to_tensor(variable), "float32")
 
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")
@@ -50,7 +64,8 @@ class ConvLSTMCell(keras.layers.Layer):
     def build(self, constants_shape, step_inputs_shape, state_shape=None):
         k, gates = self.kernel_size, 4 * self.hidden_dim
         self.constant_channels = sum(int(shape[-1]) for shape in constants_shape)
-        self.step_channels = sum(int(shape[-1]) for shape in step_inputs_shape)
+        self.step_input_channels = [int(shape[-1]) for shape in step_inputs_shape]
+        self.step_channels = sum(self.step_input_channels)
         # Glorot-uniform of the fused kernel, whose fan-in spans both blocks.
         fan_in = k * k * (self.constant_channels + self.step_channels + self.hidden_dim)
         limit = math.sqrt(6.0 / (fan_in + k * k * gates))
@@ -68,11 +83,6 @@ class ConvLSTMCell(keras.layers.Layer):
         )
         self.bias = self.add_weight(name="bias", shape=(gates,), initializer="zeros")
 
-    def initial_state(self, batch_size, height, width):
-        """Zero (h, c), each [batch_size, height, width, hidden_dim]."""
-        zeros = ops.zeros((batch_size, height, width, self.hidden_dim), dtype=self.compute_dtype)
-        return zeros, zeros
-
     def _concat(self, tensors):
         tensors = [ops.cast(t, self.compute_dtype) for t in tensors]
         return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis=-1)
@@ -82,7 +92,11 @@ class ConvLSTMCell(keras.layers.Layer):
 
     def _update(self, gates, cell):
         i, f, g, o = ops.split(gates, 4, axis=-1)
-        cell = ops.sigmoid(f + self.forget_bias) * cell + ops.sigmoid(i) * ops.tanh(g)
+        cell_input = ops.sigmoid(i) * ops.tanh(g)
+        if cell is not None:
+            cell = ops.sigmoid(f + self.forget_bias) * cell + cell_input
+        else:
+            cell = cell_input
         return ops.sigmoid(o) * ops.tanh(cell), cell
 
     def precompute(self, constants):
@@ -100,10 +114,22 @@ class ConvLSTMCell(keras.layers.Layer):
         return gates, ops.cast(self.step_kernel, self.compute_dtype)
 
     def step(self, step_inputs, state, precomputed):
-        """One step from precomputed constants: returns the new (h, c)."""
-        hidden, cell = state
+        """One step from precomputed constants: returns the new (h, c).
+
+        `state` None is the zero initial state, and a None step input is a
+        zero input: their rows of the kernel are skipped, not multiplied by zero.
+        """
+        hidden, cell = (None, None) if state is None else state
         constant_gates, step_kernel = precomputed
-        gates = constant_gates + self._conv(self._concat(list(step_inputs) + [hidden]), step_kernel)
+        inputs, rows, start = [], [], 0
+        for x, channels in zip(list(step_inputs) + [hidden], self.step_input_channels + [self.hidden_dim]):
+            if x is not None:
+                inputs.append(x)
+                rows.append((start, start + channels))
+            start += channels
+        if len(inputs) < len(self.step_input_channels) + 1:
+            step_kernel = ops.concatenate([step_kernel[:, :, a:b] for a, b in rows], axis=2)
+        gates = constant_gates + self._conv(self._concat(inputs), step_kernel)
         return self._update(gates, cell)
 
     def call(self, constants, step_inputs, state):
@@ -150,6 +176,11 @@ class ConvDRAW(keras.layers.Layer):
         scale: int. Ratio of image to core resolution (paper: 4).
         hoist: bool. Compute the gate terms of the constant inputs (r, query
             camera, query image) once per scene rather than at every step.
+        fold_canvas: bool. Accumulate the canvas at core resolution and
+            upsample once (see the module docstring) rather than updating a
+            full-resolution canvas at every step.
+        remat: bool. Recompute each step's activations in the backward pass
+            instead of storing them: less memory, about one more forward pass.
         image_channels: int. Channels of the images.
         seed: int or None. Seed of the latent sampling.
         **kwargs: base layer arguments (name, dtype, ...).
@@ -166,6 +197,8 @@ class ConvDRAW(keras.layers.Layer):
         kernel_size=5,
         scale=4,
         hoist=True,
+        fold_canvas=True,
+        remat=False,
         image_channels=3,
         seed=None,
         **kwargs,
@@ -183,6 +216,8 @@ class ConvDRAW(keras.layers.Layer):
         self.kernel_size = kernel_size
         self.scale = scale
         self.hoist = hoist
+        self.fold_canvas = fold_canvas
+        self.remat = remat
         self.image_channels = image_channels
         self.seed = seed
         self.hidden_size = image_size // scale
@@ -250,19 +285,141 @@ class ConvDRAW(keras.layers.Layer):
             self.build(r.shape, query_camera.shape)
         return self._draw(r, query_camera, None, seed)["mean"]
 
-    def _gaussian(self, head, hidden):
-        params = ops.cast(head(hidden), "float32")
-        return params[..., : self.z_dim], params[..., self.z_dim :]
+    def _gaussian(self, head, hidden, noise):
+        """(mean, log scale) float32 of a prior or posterior head; None hidden is zeros."""
+        if hidden is None:  # a conv of zeros is its bias
+            shape = tuple(ops.shape(noise)[:-1]) + (2 * self.z_dim,)
+            params = ops.broadcast_to(_float32(head.bias), shape)
+        else:
+            params = ops.cast(head(hidden), "float32")
+        mean, logscale = ops.split(params, 2, axis=-1)
+        return mean, logscale
 
-    def _noise(self, like, step, seed):
-        """Standard normal noise shaped like `like`: seeded per step, or from the generator."""
+    def _noise(self, shape, step, seed):
+        """Standard normal float32 noise: seeded per step, or from the generator."""
         seed = self.seed_generator if seed is None else (int(seed) * 1_000_003 + step) % (2**31)
-        return keras.random.normal(ops.shape(like), dtype="float32", seed=seed)
+        return keras.random.normal(shape, dtype="float32", seed=seed)
 
-    def _core_step(self, core, constants, step_inputs, state, precomputed):
+    def _core_step(self, core, context, step_inputs, state, zeros):
+        """A core's new (h, c); `context` is its precomputed value or its constants.
+
+        None in `state` or `step_inputs` stands for zeros (the first step):
+        the hoisted path skips them, the direct path multiplies them out.
+        """
         if self.hoist:
-            return core.step(step_inputs, state, precomputed)
-        return core(constants, step_inputs, state)
+            return core.step(step_inputs, None if state[0] is None else state, context)
+        step_inputs = [zeros if x is None else x for x in step_inputs]
+        return core(context, step_inputs, tuple(zeros if x is None else x for x in state))
+
+    # === Canvas ===
+    def _canvas_kernels(self):
+        """Composite float32 kernels of the folded canvas (see the module docstring).
+
+        Returns `(through [1, 1, h, h], through_bias [h], image_kernel
+        [s, s, 3, h], image_bias [3])`: the 1x1 conv equal to canvas_downsample
+        after canvas_upsample, the share of each upsample bias in it, the
+        ConvTranspose equal to observation_head after canvas_upsample, and the
+        share of each upsample bias in that.
+        """
+        up = _float32(self.canvas_upsample.kernel)  # [s, s, canvas, h]
+        down = _float32(self.canvas_downsample.kernel)  # [s, s, canvas, h]
+        observe = _float32(self.observation_head.kernel)[0, 0]  # [canvas, 3]
+        up_bias = _float32(self.canvas_upsample.bias)
+        through = ops.einsum("abck,abcm->km", up, down)[None, None]
+        through_bias = ops.einsum("c,abcm->m", up_bias, down)
+        image_kernel = ops.einsum("abck,co->abok", up, observe)
+        image_bias = ops.einsum("c,co->o", up_bias, observe)
+        return through, through_bias, image_kernel, image_bias
+
+    def _empty_canvas(self, batch):
+        if self.fold_canvas:
+            return ops.zeros((batch, self.hidden_size, self.hidden_size, self.h_dim), "float32")
+        size = self.image_size
+        return ops.zeros((batch, size, size, self.canvas_dim), dtype=self.compute_dtype)
+
+    def _downsampled_canvas(self, canvas, step, through):
+        """The inference core's view of the canvas after `step` steps."""
+        if not self.fold_canvas:
+            return self.canvas_downsample(canvas)
+        through, through_bias = through
+        dtype = self.compute_dtype
+        if step == 0:  # an empty canvas: only the bias
+            shape = tuple(ops.shape(canvas)[:-1]) + (self.h_dim,)
+            return ops.broadcast_to(ops.cast(_float32(self.canvas_downsample.bias), dtype), shape)
+        bias = step * through_bias + _float32(self.canvas_downsample.bias)
+        folded = ops.conv(ops.cast(canvas, dtype), ops.cast(through, dtype))
+        return folded + ops.cast(bias, dtype)
+
+    def _write(self, canvas, hidden):
+        """The canvas after writing a generator state onto it."""
+        if self.fold_canvas:
+            return canvas + ops.cast(hidden, "float32")
+        return canvas + self.canvas_upsample(hidden)
+
+    def _observe(self, canvas, image_kernel, image_bias):
+        """Image logits [B, H, W, 3] float32 of the final canvas."""
+        if not self.fold_canvas:
+            return ops.cast(self.observation_head(canvas), "float32")
+        dtype = self.compute_dtype
+        logits = ops.conv_transpose(
+            ops.cast(canvas, dtype), ops.cast(image_kernel, dtype), strides=self.scale
+        )
+        bias = self.num_steps * image_bias + _float32(self.observation_head.bias)
+        return ops.cast(logits, "float32") + bias
+
+    # === Steps ===
+    def _step(self, step, state, noise, context_g, context_e, through):
+        """One DRAW step from `state` = (h_g, c_g, [h_e, c_e,] canvas).
+
+        Returns the new state, followed by the step's KL [B] on a posterior pass.
+        """
+        posterior = context_e is not None
+        if posterior:
+            h_g, c_g, h_e, c_e, canvas = state
+        else:
+            h_g, c_g, canvas = state
+        i = 0 if self.shared_cores else step
+        zeros = None  # the direct path multiplies the zero first state out
+        if not self.hoist and h_g is None:
+            shape = tuple(ops.shape(noise)[:-1]) + (self.h_dim,)
+            zeros = ops.zeros(shape, self.compute_dtype)
+        prior_mean, prior_logscale = self._gaussian(self.prior_head, h_g, noise)
+        if posterior:
+            seen = self._downsampled_canvas(canvas, step, through)
+            h_e, c_e = self._core_step(
+                self.inference_cores[i], context_e, [seen, h_g], (h_e, c_e), zeros
+            )
+            mean, logscale = self._gaussian(self.posterior_head, h_e, noise)
+            kl = diag_gaussian_kl(mean, logscale, prior_mean, prior_logscale)
+        else:
+            mean, logscale = prior_mean, prior_logscale
+        z = mean + ops.exp(logscale) * noise
+        h_g, c_g = self._core_step(
+            self.generator_cores[i], context_g, [ops.cast(z, self.compute_dtype)], (h_g, c_g), zeros
+        )
+        canvas = self._write(canvas, h_g)
+        if posterior:
+            return h_g, c_g, h_e, c_e, canvas, kl
+        return h_g, c_g, canvas
+
+    def _rematerialized_step(self, step, state, noise, context_g, context_e, through):
+        """`_step` whose activations are recomputed in the backward pass.
+
+        Every tensor the step reads is passed explicitly, so that gradients
+        reach it through the recomputation.
+        """
+        groups = [list(state), [noise], list(context_g), list(context_e or []), list(through)]
+        sizes = [len(group) for group in groups]
+
+        def step_fn(*flat):
+            parts, start = [], 0
+            for size in sizes:
+                parts.append(list(flat[start : start + size]))
+                start += size
+            state, (noise,), context_g, context_e, through = parts
+            return self._step(step, state, noise, context_g, context_e or None, through)
+
+        return keras.remat(step_fn)(*[t for group in groups for t in group])
 
     def _draw(self, r, query_camera, target, seed):
         dtype, size = self.compute_dtype, self.hidden_size
@@ -271,48 +428,38 @@ class ConvDRAW(keras.layers.Layer):
         if r.shape[1] == 1 and size != 1:
             r = broadcast_spatial(r, size, size)
         camera = broadcast_spatial(ops.cast(query_camera, dtype), size, size)
-        generator_constants = [r, camera]
         posterior = target is not None
+        # What each core's step reads besides its state: the constants' share
+        # of its gates and its cast step kernel when hoisted, else the constants.
+        constants_g = [r, camera]
+        contexts_g = [c.precompute(constants_g) if self.hoist else constants_g
+                      for c in self.generator_cores]
+        contexts_e = [None] * len(self.generator_cores)
         if posterior:
-            inference_constants = [self.image_downsample(target), r, camera]
-        num_cores = len(self.generator_cores)
-        precomputed_g = [None] * num_cores
-        precomputed_e = [None] * num_cores
-        if self.hoist:
-            precomputed_g = [c.precompute(generator_constants) for c in self.generator_cores]
-            if posterior:
-                precomputed_e = [c.precompute(inference_constants) for c in self.inference_cores]
+            constants_e = [self.image_downsample(target), r, camera]
+            contexts_e = [c.precompute(constants_e) if self.hoist else constants_e
+                          for c in self.inference_cores]
+        kernels = self._canvas_kernels() if self.fold_canvas else (None,) * 4
+        through = tuple(kernels[:2]) if self.fold_canvas else ()
+        noise_shape = (batch, size, size, self.z_dim)
 
-        state_g = self.generator_cores[0].initial_state(batch, size, size)
-        state_e = self.inference_cores[0].initial_state(batch, size, size)
-        canvas = ops.zeros((batch, self.image_size, self.image_size, self.canvas_dim), dtype=dtype)
+        # Zero (h, c) of each core, as None: the first step skips their convolutions.
+        state = (None, None) * (2 if posterior else 1) + (self._empty_canvas(batch),)
         kl_per_step = []
         for step in range(self.num_steps):
             i = 0 if self.shared_cores else step
-            prior_mean, prior_logscale = self._gaussian(self.prior_head, state_g[0])
+            noise = self._noise(noise_shape, step, seed)
+            remat = self.remat and posterior and step > 0
+            step_fn = self._rematerialized_step if remat else self._step
+            outputs = step_fn(step, state, noise, contexts_g[i], contexts_e[i], through)
             if posterior:
-                state_e = self._core_step(
-                    self.inference_cores[i],
-                    inference_constants,
-                    [self.canvas_downsample(canvas), state_g[0]],
-                    state_e,
-                    precomputed_e[i],
-                )
-                mean, logscale = self._gaussian(self.posterior_head, state_e[0])
-                kl_per_step.append(diag_gaussian_kl(mean, logscale, prior_mean, prior_logscale))
+                state, kl = tuple(outputs[:-1]), outputs[-1]
+                kl_per_step.append(kl)
             else:
-                mean, logscale = prior_mean, prior_logscale
-            z = mean + ops.exp(logscale) * self._noise(mean, step, seed)
-            state_g = self._core_step(
-                self.generator_cores[i],
-                generator_constants,
-                [ops.cast(z, dtype)],
-                state_g,
-                precomputed_g[i],
-            )
-            canvas = canvas + self.canvas_upsample(state_g[0])
+                state = tuple(outputs)
 
-        outputs = {"mean": ops.sigmoid(ops.cast(self.observation_head(canvas), "float32"))}
+        logits = self._observe(state[-1], *kernels[2:])
+        outputs = {"mean": ops.sigmoid(logits)}
         if posterior:
             kl_per_step = ops.stack(kl_per_step, axis=1)
             outputs.update({"kl": ops.sum(kl_per_step, axis=1), "kl_per_step": kl_per_step})
@@ -331,6 +478,8 @@ class ConvDRAW(keras.layers.Layer):
                 "kernel_size": self.kernel_size,
                 "scale": self.scale,
                 "hoist": self.hoist,
+                "fold_canvas": self.fold_canvas,
+                "remat": self.remat,
                 "image_channels": self.image_channels,
                 "seed": self.seed,
             }

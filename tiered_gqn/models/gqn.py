@@ -36,6 +36,8 @@ class GQN(keras.Model):
         pose_dim: int. Camera vector length.
         kernel_size: int. Core and head kernel size.
         hoist: bool. Compute constant gate terms once per scene.
+        fold_canvas: bool. Keep the canvas at core resolution and upsample once.
+        remat: bool. Recompute DRAW step activations in the backward pass.
         sigma_initial: float. Pixel sigma at step 0.
         sigma_final: float. Pixel sigma from `sigma_steps` on.
         sigma_steps: int. Length of the sigma annealing.
@@ -58,6 +60,8 @@ class GQN(keras.Model):
         pose_dim=7,
         kernel_size=5,
         hoist=True,
+        fold_canvas=True,
+        remat=False,
         sigma_initial=2.0,
         sigma_final=0.7,
         sigma_steps=200_000,
@@ -78,6 +82,8 @@ class GQN(keras.Model):
         self.pose_dim = pose_dim
         self.kernel_size = kernel_size
         self.hoist = hoist
+        self.fold_canvas = fold_canvas
+        self.remat = remat
         self.sigma_initial = sigma_initial
         self.sigma_final = sigma_final
         self.sigma_steps = sigma_steps
@@ -97,6 +103,8 @@ class GQN(keras.Model):
             shared_cores=shared_cores,
             kernel_size=kernel_size,
             hoist=hoist,
+            fold_canvas=fold_canvas,
+            remat=remat,
             seed=seed,
             dtype=dtype,
             name="decoder",
@@ -121,7 +129,8 @@ class GQN(keras.Model):
     def from_preset(cls, config, **overrides):
         """A new GQN from a `GQNConfig` or a preset name (with field overrides).
 
-        The dtype policy of the config is passed as the model's `dtype`.
+        The dtype policy of the config is passed as the model's `dtype`
+        ("auto" is resolved for this machine).
         """
         from tiered_gqn.models.presets import get_preset
 
@@ -129,7 +138,7 @@ class GQN(keras.Model):
             config = get_preset(config, **overrides)
         elif overrides:
             config = config.replace(**overrides)
-        return cls(**config.model_kwargs(), dtype=config.dtype_policy)
+        return cls(**config.model_kwargs(), dtype=config.for_machine().dtype_policy)
 
     def build(self, inputs_shape):
         frames, cameras, query_camera, _ = inputs_shape
@@ -248,6 +257,8 @@ class GQN(keras.Model):
                 "pose_dim": self.pose_dim,
                 "kernel_size": self.kernel_size,
                 "hoist": self.hoist,
+                "fold_canvas": self.fold_canvas,
+                "remat": self.remat,
                 "sigma_initial": self.sigma_initial,
                 "sigma_final": self.sigma_final,
                 "sigma_steps": self.sigma_steps,

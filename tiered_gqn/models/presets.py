@@ -9,7 +9,8 @@ import dataclasses
 import typing
 
 ENCODERS = ("tower", "pool", "pyramid")
-DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+DTYPE_POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+JIT_COMPILE = ("auto", "on", "off")
 
 # Fields passed to `GQN(...)`; the rest only concern training.
 MODEL_FIELDS = (
@@ -24,6 +25,8 @@ MODEL_FIELDS = (
     "pose_dim",
     "kernel_size",
     "hoist",
+    "fold_canvas",
+    "remat",
     "sigma_initial",
     "sigma_final",
     "sigma_steps",
@@ -48,6 +51,11 @@ class GQNConfig:
         kernel_size: ConvLSTM gate and prior/posterior head kernel size.
         hoist: compute the gate terms of r, query camera and query image once
             per scene instead of once per step (same result, faster).
+        fold_canvas: keep the canvas as the sum of generator states at core
+            resolution and upsample it once, since every canvas operation is
+            linear (same result, faster, less memory).
+        remat: recompute each DRAW step's activations in the backward pass
+            instead of storing them (less memory, slower).
         batch_size: global batch size (scenes per step over all replicas).
         context_size: largest number of context views.
         max_steps: training steps.
@@ -60,7 +68,11 @@ class GQNConfig:
         adam_beta1: Adam's first-moment decay.
         adam_beta2: Adam's second-moment decay.
         adam_epsilon: Adam's epsilon.
-        dtype_policy: "float32", "mixed_bfloat16" or "mixed_float16".
+        dtype_policy: "float32", "mixed_bfloat16", "mixed_float16" (with loss
+            scaling), or "auto": the fastest sound one for the machine
+            (tiered_gqn.training.machine). Likelihood and KL stay float32.
+        jit_compile: "on", "off", or "auto" (the machine's faster choice):
+            compile the training step with XLA.
         seed: seed of the latent sampling.
     """
 
@@ -76,6 +88,8 @@ class GQNConfig:
     pose_dim: int = 7
     kernel_size: int = 5
     hoist: bool = True
+    fold_canvas: bool = True
+    remat: bool = False
     # === Training ===
     batch_size: int = 36
     context_size: int = 5
@@ -89,7 +103,8 @@ class GQNConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
-    dtype_policy: str = "float32"
+    dtype_policy: str = "auto"
+    jit_compile: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -115,6 +130,8 @@ class GQNConfig:
             fail(f"encoder {self.encoder!r} is not one of {', '.join(ENCODERS)}.")
         if self.dtype_policy not in DTYPE_POLICIES:
             fail(f"dtype_policy {self.dtype_policy!r} is not one of {', '.join(DTYPE_POLICIES)}.")
+        if self.jit_compile not in JIT_COMPILE:
+            fail(f"jit_compile {self.jit_compile!r} is not one of {', '.join(JIT_COMPILE)}.")
         for name in (
             "r_dim", "h_dim", "z_dim", "num_steps", "canvas_dim", "image_size", "pose_dim",
             "kernel_size", "batch_size", "context_size", "max_steps", "lr_steps", "sigma_steps",
@@ -167,15 +184,29 @@ class GQNConfig:
         return AnnealedSchedule(self.lr_initial, self.lr_final, self.lr_steps)
 
     def optimizer(self):
-        """A fresh Adam with the annealed learning rate and this config's constants."""
+        """A fresh (fused) Adam with the annealed learning rate and this config's constants.
+
+        Under mixed_float16 it is wrapped in a dynamic loss-scale optimizer.
+        """
         import keras
 
-        return keras.optimizers.Adam(
+        from tiered_gqn.training.optimizers import FusedAdam
+
+        optimizer = FusedAdam(
             learning_rate=self.learning_rate(),
             beta_1=self.adam_beta1,
             beta_2=self.adam_beta2,
             epsilon=self.adam_epsilon,
         )
+        if self.dtype_policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
+
+    def for_machine(self, machine=None):
+        """A copy with "auto" settings resolved for `machine` (default: this one)."""
+        from tiered_gqn.training import machine as machine_lib
+
+        return machine_lib.resolve(self, machine)
 
 
 def _check_fields(values):
@@ -198,6 +229,7 @@ _BENCH8 = GQNConfig(
     batch_size=8,
     context_size=5,
     dtype_policy="mixed_bfloat16",
+    jit_compile="off",
 )
 
 # === Presets ===
@@ -229,7 +261,6 @@ PRESETS = {
         sigma_initial=1.0,
         sigma_final=0.7,
         sigma_steps=300,
-        dtype_policy="mixed_bfloat16",
     ),
     # Unit tests: a few milliseconds per step.
     "tiny": GQNConfig(
@@ -250,6 +281,8 @@ PRESETS = {
         sigma_initial=0.7,
         sigma_final=0.7,
         sigma_steps=100,
+        dtype_policy="float32",
+        jit_compile="off",
     ),
     "bench8": _BENCH8,
     "bench36": _BENCH8.replace(batch_size=36, num_steps=12),

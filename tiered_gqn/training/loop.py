@@ -28,15 +28,21 @@ class Trainer:
         global_batch_size: scenes per step over all replicas.
         model_dir: run directory for checkpoints and summaries.
         max_to_keep: checkpoints kept.
+        jit_compile: compile the train and eval steps with XLA.
     """
 
-    def __init__(self, model, optimizer, strategy, global_batch_size, model_dir, max_to_keep=3):
+    def __init__(self, model, optimizer, strategy, global_batch_size, model_dir, max_to_keep=3,
+                 jit_compile=False):
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
         self.global_batch_size = global_batch_size
         self.model_dir = model_dir
         self.checkpoints = checkpoints.manager(model, optimizer, model_dir, max_to_keep)
+        self.jit_compile = jit_compile
+        # XLA compiles the per-replica step (it cannot compile the cross-replica reduction).
+        self._replica_train = tf.function(self._replica_train_step, jit_compile=jit_compile)
+        self._replica_eval = tf.function(self._replica_eval_step, jit_compile=jit_compile)
         self._train_step = tf.function(self._distributed_train_step, reduce_retracing=True)
         self._eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
 
@@ -80,10 +86,12 @@ class Trainer:
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def _distributed_train_step(self, batch):
-        return self._reduce(self.strategy.run(self._replica_train_step, args=(batch,)))
+        step = self._replica_train if self.jit_compile else self._replica_train_step
+        return self._reduce(self.strategy.run(step, args=(batch,)))
 
     def _distributed_eval_step(self, batch):
-        return self._reduce(self.strategy.run(self._replica_eval_step, args=(batch,)))
+        step = self._replica_eval if self.jit_compile else self._replica_eval_step
+        return self._reduce(self.strategy.run(step, args=(batch,)))
 
     def train_step(self, batch):
         """One optimizer step on a distributed batch; returns the averaged metrics."""

@@ -1,0 +1,67 @@
+"""The machine a run trains on, and the fastest numerically sound settings for it.
+
+Measured on a 2-core CPU with AMX (see the README): mixed bfloat16 is about
+3.8 times faster than float32 with the likelihood and KL kept in float32, and
+XLA makes the bfloat16 step about 4 times slower (its CPU backend does not use
+the AMX kernels) and the float32 step about 5% slower. On GPUs, XLA and a
+16-bit compute type are the usual fast path.
+"""
+
+import os
+
+import tensorflow as tf
+
+# CPU feature flags (Linux /proc/cpuinfo) with native bfloat16 arithmetic.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags, or an empty set where they cannot be read."""
+    if not os.path.exists(cpuinfo):
+        return frozenset()
+    with open(cpuinfo) as f:
+        for line in f:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def describe():
+    """A JSON-able description of the devices: GPUs with their compute capability, CPU bf16 support."""
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        gpus.append({
+            "name": details.get("device_name", gpu.name),
+            "compute_capability": list(details.get("compute_capability") or ()),
+        })
+    flags = cpu_flags()
+    return {
+        "gpus": gpus,
+        "cpu_count": os.cpu_count(),
+        "cpu_bf16": sorted(flag for flag in BF16_CPU_FLAGS if flag in flags),
+    }
+
+
+def fastest_settings(machine=None):
+    """`{"dtype_policy": ..., "jit_compile": ...}` for a machine (default: this one).
+
+    - GPUs of compute capability 8 or more: mixed_bfloat16 with XLA;
+      7.x: mixed_float16 (with loss scaling) with XLA; older: float32 with XLA.
+    - CPUs with native bfloat16 (AMX or AVX512-BF16): mixed_bfloat16 without XLA.
+    - Other CPUs: float32 without XLA.
+    """
+    machine = describe() if machine is None else machine
+    if machine["gpus"]:
+        major = min((gpu["compute_capability"] or [0])[0] for gpu in machine["gpus"])
+        dtype = "mixed_bfloat16" if major >= 8 else "mixed_float16" if major >= 7 else "float32"
+        return {"dtype_policy": dtype, "jit_compile": "on"}
+    dtype = "mixed_bfloat16" if machine["cpu_bf16"] else "float32"
+    return {"dtype_policy": dtype, "jit_compile": "off"}
+
+
+def resolve(config, machine=None):
+    """`config` with its "auto" settings replaced by this machine's fastest ones."""
+    fastest = fastest_settings(machine)
+    overrides = {name: value for name, value in fastest.items() if getattr(config, name) == "auto"}
+    return config.replace(**overrides)

@@ -37,6 +37,8 @@ def test_fused_adam_matches_keras_adam():
 
 def test_config_optimizer_is_fused_and_loss_scaled_in_float16():
     assert isinstance(get_preset("tiny").optimizer(), FusedAdam)
+    plain = get_preset("tiny", fused_adam=False).optimizer()
+    assert isinstance(plain, keras.optimizers.Adam) and not isinstance(plain, FusedAdam)
     scaled = get_preset("tiny", dtype_policy="mixed_float16").optimizer()
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
     assert isinstance(scaled.inner_optimizer, FusedAdam)

@@ -113,3 +113,22 @@ def test_resumed_training_continues_from_the_checkpointed_step(tmp_path):
         print("ok")
     ''')
     assert _run(script).strip().endswith("ok")
+
+
+def test_changing_context_sizes_do_not_retrace_every_step(tmp_path):
+    script = STAND_IN + textwrap.dedent(f'''
+        strategy = tf.distribute.get_strategy()
+        model = Linear()
+        optimizer = keras.optimizers.SGD(0.1)
+        optimizer.build(model.trainable_variables)
+        trainer = loop.Trainer(model, optimizer, strategy, 4, {str(tmp_path)!r})
+        rng = np.random.default_rng(0)
+        for k in [1, 2, 3, 4, 5, 2, 4, 1]:
+            batch = ((np.zeros((4, k, 4, 4, 3), np.float32), np.zeros((4, k, 7), np.float32),
+                      rng.normal(size=(4, 7)).astype(np.float32)),
+                     rng.normal(size=(4, 4, 4, 3)).astype(np.float32))
+            trainer.train_step(batch)
+        print("traces", trainer._train_step.experimental_get_tracing_count())
+    ''')
+    traces = int(_run(script).split("traces")[-1])
+    assert 1 <= traces <= 2

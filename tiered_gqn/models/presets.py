@@ -68,6 +68,8 @@ class GQNConfig:
         adam_beta1: Adam's first-moment decay.
         adam_beta2: Adam's second-moment decay.
         adam_epsilon: Adam's epsilon.
+        fused_adam: update each variable with TensorFlow's fused Adam kernel
+            (same rule as Keras Adam, fewer passes over memory).
         dtype_policy: "float32", "mixed_bfloat16", "mixed_float16" (with loss
             scaling), or "auto": the fastest sound one for the machine
             (tiered_gqn.training.machine). Likelihood and KL stay float32.
@@ -103,6 +105,7 @@ class GQNConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    fused_adam: bool = True
     dtype_policy: str = "auto"
     jit_compile: str = "auto"
     seed: int = 0
@@ -184,7 +187,7 @@ class GQNConfig:
         return AnnealedSchedule(self.lr_initial, self.lr_final, self.lr_steps)
 
     def optimizer(self):
-        """A fresh (fused) Adam with the annealed learning rate and this config's constants.
+        """A fresh Adam (fused if so set) with the annealed learning rate and this config's constants.
 
         Under mixed_float16 it is wrapped in a dynamic loss-scale optimizer.
         """
@@ -192,7 +195,7 @@ class GQNConfig:
 
         from tiered_gqn.training.optimizers import FusedAdam
 
-        optimizer = FusedAdam(
+        optimizer = (FusedAdam if self.fused_adam else keras.optimizers.Adam)(
             learning_rate=self.learning_rate(),
             beta_1=self.adam_beta1,
             beta_2=self.adam_beta2,

@@ -105,17 +105,16 @@ def to_pose(cameras):
 
 
 def decode_frames(jpegs):
-    """Decodes JPEG strings [B, N] to uint8 frames [B, N, H, W, 3].
+    """Decodes a tensor of JPEG strings [...] to uint8 frames [..., H, W, 3].
 
     With a static shape the decodes are unrolled so they run in parallel;
     otherwise they run in a loop.
     """
+    flat = tf.reshape(jpegs, [-1])
     if jpegs.shape.is_fully_defined():
-        b, n = jpegs.shape
-        strings = tf.unstack(tf.reshape(jpegs, [b * n]), num=b * n)
-        frames = tf.stack([tf.io.decode_jpeg(s, channels=3) for s in strings])
+        count = jpegs.shape.num_elements()
+        frames = tf.stack([tf.io.decode_jpeg(s, channels=3) for s in tf.unstack(flat, num=count)])
     else:
-        flat = tf.reshape(jpegs, [-1])
         frames = tf.map_fn(
             lambda s: tf.io.decode_jpeg(s, channels=3),
             flat,
@@ -240,20 +239,24 @@ def load(
         jpegs = tf.gather(parsed["frames"], order, batch_dims=1)
         if not random_context_size and drop_remainder:
             jpegs = tf.ensure_shape(jpegs, [batch_size, context_size + 1])
-        frames = decode_frames(jpegs)
-        frames = tf.cast(frames, tf.float32) / 255.0
-        size = info.frame_size
-        if image_size and image_size != info.frame_size:
-            size = image_size
-            shape = tf.shape(frames)
-            flat = tf.reshape(frames, tf.concat([[-1], shape[2:]], axis=0))
-            flat = tf.image.resize(flat, [size, size], antialias=True)
-            frames = tf.clip_by_value(tf.reshape(flat, tf.concat([shape[:2], [size, size, 3]], 0)), 0.0, 1.0)
+        size = image_size or info.frame_size
+
+        def to_frames(jpegs):
+            frames = tf.cast(decode_frames(jpegs), tf.float32) / 255.0
+            if size != info.frame_size:
+                shape = tf.shape(frames)
+                flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
+                flat = tf.image.resize(flat, [size, size], antialias=True)
+                frames = tf.clip_by_value(
+                    tf.reshape(flat, tf.concat([shape[:-3], [size, size, 3]], 0)), 0.0, 1.0)
+            return frames
+
+        # Context and query decoded apart, so that neither is sliced (copied) out.
+        context = tf.ensure_shape(to_frames(jpegs[:, :-1]), [None, None, size, size, 3])
+        target = tf.ensure_shape(to_frames(jpegs[:, -1]), [None, size, size, 3])
         cameras = tf.reshape(parsed["cameras"], [-1, views, 5])
         poses = to_pose(tf.gather(cameras, order, batch_dims=1))
-        frames = tf.ensure_shape(frames, [None, None, size, size, 3])
-        inputs = (frames[:, :-1], poses[:, :-1], poses[:, -1])
-        target = frames[:, -1]
+        inputs = (context, poses[:, :-1], poses[:, -1])
         if label_spec:
             return inputs, target, {name: parsed[name] for name in label_spec}
         return inputs, target

@@ -67,9 +67,12 @@ def test_training_scalars_cover_every_loss_term(tiny_run):
 
 def test_rerunning_resumes_and_a_changed_model_is_refused(tiny_run):
     model_dir, flags, _ = tiny_run
-    code, err = train(*flags, "--max_steps", "4")
+    # How the model computes may change on resume (same weights); what it is may not.
+    code, err = train(*flags, "--max_steps", "4", "--remat", "--nofold_canvas")
     assert code == 0, err[-3000:]
     assert "Resuming tiny GQN on shepard_metzler_5_parts at step 3 of 4" in err
+    saved = json.loads((model_dir / "run.json").read_text())["config"]
+    assert (saved["remat"], saved["fold_canvas"]) == (True, False)
     assert (model_dir / "checkpoints" / "ckpt-4.index").exists()
     before = sorted(os.listdir(model_dir / "checkpoints"))
     code, err = train(*flags, "--max_steps", "6", "--h_dim", "16")

@@ -47,7 +47,9 @@ def _run_config(saved):
     if saved is None:
         return presets.get_preset(FLAGS.preset, **overrides).for_machine()
     config = saved["config"].replace(**overrides).for_machine()
-    changed = [k for k, v in config.model_kwargs().items() if saved["config"].model_kwargs()[k] != v]
+    before = saved["config"].model_kwargs()
+    changed = [k for k, v in config.model_kwargs().items()
+               if before[k] != v and k not in presets.COMPUTE_FIELDS]
     if changed or saved["dataset"] != FLAGS.dataset:
         what = ", ".join(changed) or "dataset"
         common.fail(PROGRAM, f"--model_dir {FLAGS.model_dir} holds a run with other {what}; "

@@ -32,6 +32,9 @@ MODEL_FIELDS = (
     "sigma_steps",
     "seed",
 )
+# Model fields that change how the model computes, not its weights or what it
+# computes: a run may resume with other values of these.
+COMPUTE_FIELDS = ("hoist", "fold_canvas", "remat")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Measured on a 2-core CPU with AMX (see the README): mixed bfloat16 is about
 3.8 times faster than float32 with the likelihood and KL kept in float32, and
 XLA makes the bfloat16 step about 4 times slower (its CPU backend does not use
-the AMX kernels) and the float32 step about 5% slower. On GPUs, XLA and a
+the AMX kernels) and the float32 step about 10% slower. On GPUs, XLA and a
 16-bit compute type are the usual fast path.
 """
 

@@ -242,9 +242,9 @@ _BENCH8 = GQNConfig(
 PRESETS = {
     # Eslami et al. 2018 as the paper-faithful ports set it.
     "paper": GQNConfig(),
-    # Trains visibly on a 2-core CPU within minutes: about 0.41 s per step
-    # (batch 16, 5 context views, 64x64) in mixed_bfloat16 with shared cores,
-    # so 500 steps take about 3.5 minutes (float32: about 1.4 s per step).
+    # Trains visibly on a 2-core CPU within minutes: about 0.35 s per step
+    # (batch 16, 5 context views, 64x64) in mixed_bfloat16 (what "auto" picks
+    # on a CPU with AMX) with shared cores, so 500 steps take about 3 minutes.
     # Schedules are shortened to the run length; sigma starts at 1.0, since
     # from 2.0 over a few hundred steps the KL collapsed to zero.
     "small": GQNConfig(

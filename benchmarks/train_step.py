@@ -122,7 +122,10 @@ def main(argv):
     from tiered_gqn.models import GQN, get_preset
     from tiered_gqn.training import loop
 
-    config = get_preset(FLAGS.config, **common.preset_overrides()).for_machine()
+    try:
+        config = get_preset(FLAGS.config, **common.preset_overrides()).for_machine()
+    except ValueError as e:
+        common.fail("train_step", str(e))
     b, k, s = config.batch_size, config.context_size, config.image_size
     rng = np.random.default_rng(0)
     batch = (

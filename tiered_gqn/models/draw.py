@@ -22,12 +22,7 @@ import keras
 from keras import ops
 
 from tiered_gqn.models.encoders import broadcast_spatial
-from tiered_gqn.training.elbo import diag_gaussian_kl
-
-
-def _float32(variable):
-    """A variable's value as float32 (inside a mixed-precision call it reads as the compute dtype)."""
-    return ops.cast(ops.convert_to_tensor(variable), "float32")
+from tiered_gqn.training.elbo import as_float32, diag_gaussian_kl
 
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")
@@ -289,7 +284,7 @@ class ConvDRAW(keras.layers.Layer):
         """(mean, log scale) float32 of a prior or posterior head; None hidden is zeros."""
         if hidden is None:  # a conv of zeros is its bias
             shape = tuple(ops.shape(noise)[:-1]) + (2 * self.z_dim,)
-            params = ops.broadcast_to(_float32(head.bias), shape)
+            params = ops.broadcast_to(as_float32(head.bias), shape)
         else:
             params = ops.cast(head(hidden), "float32")
         mean, logscale = ops.split(params, 2, axis=-1)
@@ -321,10 +316,12 @@ class ConvDRAW(keras.layers.Layer):
         ConvTranspose equal to observation_head after canvas_upsample, and the
         share of each upsample bias in that.
         """
-        up = _float32(self.canvas_upsample.kernel)  # [s, s, canvas, h]
-        down = _float32(self.canvas_downsample.kernel)  # [s, s, canvas, h]
-        observe = _float32(self.observation_head.kernel)[0, 0]  # [canvas, 3]
-        up_bias = _float32(self.canvas_upsample.bias)
+        # Inside a mixed-precision call variables read in the compute dtype;
+        # the compositions are done in float32 from those values.
+        up = as_float32(self.canvas_upsample.kernel)  # [s, s, canvas, h]
+        down = as_float32(self.canvas_downsample.kernel)  # [s, s, canvas, h]
+        observe = as_float32(self.observation_head.kernel)[0, 0]  # [canvas, 3]
+        up_bias = as_float32(self.canvas_upsample.bias)
         through = ops.einsum("abck,abcm->km", up, down)[None, None]
         through_bias = ops.einsum("c,abcm->m", up_bias, down)
         image_kernel = ops.einsum("abck,co->abok", up, observe)
@@ -345,8 +342,8 @@ class ConvDRAW(keras.layers.Layer):
         dtype = self.compute_dtype
         if step == 0:  # an empty canvas: only the bias
             shape = tuple(ops.shape(canvas)[:-1]) + (self.h_dim,)
-            return ops.broadcast_to(ops.cast(_float32(self.canvas_downsample.bias), dtype), shape)
-        bias = step * through_bias + _float32(self.canvas_downsample.bias)
+            return ops.broadcast_to(ops.cast(as_float32(self.canvas_downsample.bias), dtype), shape)
+        bias = step * through_bias + as_float32(self.canvas_downsample.bias)
         folded = ops.conv(ops.cast(canvas, dtype), ops.cast(through, dtype))
         return folded + ops.cast(bias, dtype)
 
@@ -364,7 +361,7 @@ class ConvDRAW(keras.layers.Layer):
         logits = ops.conv_transpose(
             ops.cast(canvas, dtype), ops.cast(image_kernel, dtype), strides=self.scale
         )
-        bias = self.num_steps * image_bias + _float32(self.observation_head.bias)
+        bias = self.num_steps * image_bias + as_float32(self.observation_head.bias)
         return ops.cast(logits, "float32") + bias
 
     # === Steps ===

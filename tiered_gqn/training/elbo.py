@@ -12,19 +12,20 @@ from keras import ops
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _float32(x):
+def as_float32(x):
+    """`x` (a tensor, array or variable) as a float32 tensor."""
     return ops.cast(ops.convert_to_tensor(x), "float32")
 
 
 def sum_per_example(x):
     """Sums `x` [B, ...] over every axis but the first: [B]."""
-    x = _float32(x)
+    x = as_float32(x)
     return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
 
 
 def mean_per_example(x):
     """Averages `x` [B, ...] over every axis but the first: [B]."""
-    x = _float32(x)
+    x = as_float32(x)
     return ops.mean(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
 
 
@@ -39,7 +40,7 @@ def gaussian_nll(target, mean, sigma):
     Returns:
         [B] float32, summed over every non-batch axis.
     """
-    target, mean, sigma = _float32(target), _float32(mean), _float32(sigma)
+    target, mean, sigma = as_float32(target), as_float32(mean), as_float32(sigma)
     z = (target - mean) / sigma
     nll = 0.5 * ops.square(z) + ops.log(sigma) + 0.5 * LOG_2PI
     return sum_per_example(nll)
@@ -55,8 +56,8 @@ def diag_gaussian_kl(q_mean, q_logscale, p_mean, p_logscale):
     Returns:
         [B] float32 nats, summed over every non-batch axis.
     """
-    q_mean, q_logscale = _float32(q_mean), _float32(q_logscale)
-    p_mean, p_logscale = _float32(p_mean), _float32(p_logscale)
+    q_mean, q_logscale = as_float32(q_mean), as_float32(q_logscale)
+    p_mean, p_logscale = as_float32(p_mean), as_float32(p_logscale)
     # log(sp / sq) + (sq^2 + (mq - mp)^2) / (2 sp^2) - 1/2, with s = exp(logscale).
     variance_ratio = ops.exp(2.0 * (q_logscale - p_logscale))
     scaled_distance = ops.square((q_mean - p_mean) * ops.exp(-p_logscale))
@@ -66,7 +67,7 @@ def diag_gaussian_kl(q_mean, q_logscale, p_mean, p_logscale):
 
 def squared_error(target, mean):
     """Mean squared error per example: [B] float32, averaged over every non-batch axis."""
-    return mean_per_example(ops.square(_float32(target) - _float32(mean)))
+    return mean_per_example(ops.square(as_float32(target) - as_float32(mean)))
 
 
 def bits_per_dim(nats, num_dims):
@@ -75,4 +76,4 @@ def bits_per_dim(nats, num_dims):
     This is the continuous density on [0, 1] pixel values, without the
     log(256) offset of a discretised likelihood.
     """
-    return _float32(nats) / (float(num_dims) * math.log(2.0))
+    return as_float32(nats) / (float(num_dims) * math.log(2.0))

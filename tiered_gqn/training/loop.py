@@ -39,10 +39,11 @@ class Trainer:
         self.global_batch_size = global_batch_size
         self.model_dir = model_dir
         self.checkpoints = checkpoints.manager(model, optimizer, model_dir, max_to_keep)
-        self.jit_compile = jit_compile
-        # XLA compiles the per-replica step (it cannot compile the cross-replica reduction).
-        self._replica_train = tf.function(self._replica_train_step, jit_compile=jit_compile)
-        self._replica_eval = tf.function(self._replica_eval_step, jit_compile=jit_compile)
+        # XLA compiles the per-replica steps (it cannot compile the cross-replica reduction).
+        self._replica_train, self._replica_eval = self._replica_train_step, self._replica_eval_step
+        if jit_compile:
+            self._replica_train = tf.function(self._replica_train_step, jit_compile=True)
+            self._replica_eval = tf.function(self._replica_eval_step, jit_compile=True)
         self._train_step = tf.function(self._distributed_train_step, reduce_retracing=True)
         self._eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
 
@@ -86,12 +87,10 @@ class Trainer:
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def _distributed_train_step(self, batch):
-        step = self._replica_train if self.jit_compile else self._replica_train_step
-        return self._reduce(self.strategy.run(step, args=(batch,)))
+        return self._reduce(self.strategy.run(self._replica_train, args=(batch,)))
 
     def _distributed_eval_step(self, batch):
-        step = self._replica_eval if self.jit_compile else self._replica_eval_step
-        return self._reduce(self.strategy.run(step, args=(batch,)))
+        return self._reduce(self.strategy.run(self._replica_eval, args=(batch,)))
 
     def train_step(self, batch):
         """One optimizer step on a distributed batch; returns the averaged metrics."""

@@ -14,6 +14,7 @@ CATEGORIES = (
     ("convolution, filter gradient", ("BackpropFilter",)),
     ("convolution, input gradient", ("BackpropInput",)),
     ("convolution, forward", ("Conv2D",)),
+    ("matmul (Winograd products and transforms)", ("MatMul", "Einsum")),
     ("optimizer", ("ApplyAdam", "AssignAdd", "AssignSub")),
 )
 OTHER = "elementwise and other"

@@ -8,7 +8,8 @@ Prints one JSON line per timed step and a final JSON line with:
 - model_gflop_per_step: FLOPs of every convolution and matmul in the traced
   training step (forward and both gradients), counted from the graph's static
   shapes as 2 * multiply-adds: Conv2D, Conv2DBackpropInput (also the
-  transposed convs), Conv2DBackpropFilter, MatMul and BatchMatMul;
+  transposed convs), Conv2DBackpropFilter, MatMul, BatchMatMul and
+  two-operand Einsum (the Winograd transforms);
 - gflops: model_gflop_per_step / s_per_step;
 - peak_probe_gflops: a large 5x5 convolution training step (forward and both
   gradients) in the same precision on this machine, the practical ceiling;
@@ -21,6 +22,7 @@ whose `profile_ms` gives the categories.
 """
 
 import json
+import math
 import resource
 import statistics
 import tempfile
@@ -66,6 +68,20 @@ def _matmul_flops(op):
     return 2 * out.num_elements() * inner
 
 
+def _einsum_flops(op):
+    """2 * multiply-adds of a two-operand einsum: the product of every index's size."""
+    if len(op.inputs) != 2:
+        return 0
+    inputs = op.get_attr("equation").decode().split("->")[0].split(",")
+    sizes = {}
+    for labels, tensor in zip(inputs, op.inputs):
+        for label, size in zip(labels, tensor.shape):
+            sizes[label] = size
+    if None in sizes.values():
+        return 0
+    return 2 * math.prod(sizes.values())
+
+
 def graph_flops(graph):
     """FLOPs of the convolutions and matmuls of `graph` and the functions it calls."""
     total = 0
@@ -74,6 +90,8 @@ def graph_flops(graph):
             total += _conv_flops(op)
         elif op.type in ("MatMul", "BatchMatMulV2"):
             total += _matmul_flops(op)
+        elif op.type == "Einsum":
+            total += _einsum_flops(op)
     for function in graph._functions.values():  # nested tf.functions (strategy, optimizer)
         total += graph_flops(function.graph) if hasattr(function, "graph") else 0
     return total
@@ -167,7 +185,7 @@ def main(argv):
     gflops = flop / seconds / 1e9
     print(json.dumps({
         "benchmark": "train_step", "config": FLAGS.config, "dtype_policy": config.dtype_policy,
-        "jit_compile": config.jit_compile,
+        "jit_compile": config.jit_compile, "conv_algorithm": config.conv_algorithm,
         "batch_size": b, "s_per_step": round(seconds, 4), "scenes_per_s": round(b / seconds, 2),
         "model_gflop_per_step": round(flop / 1e9, 1), "gflops": round(gflops, 1),
         "peak_probe_gflops": round(probe, 1), "utilization": round(gflops / probe, 3),

@@ -27,6 +27,17 @@ def test_graph_flops_counts_a_conv_and_both_gradients_and_a_matmul():
     assert graph_flops(step.get_concrete_function(x).graph) == expected
 
 
+def test_graph_flops_counts_two_operand_einsums():
+    a, b = tf.zeros([3, 4, 5]), tf.zeros([5, 6])
+
+    @tf.function
+    def f(a, b):
+        return tf.einsum("ijk,kl->ijl", a, b), tf.einsum("ijk->kji", a)
+
+    # 2 * i * j * k * l for the contraction; the one-operand transpose costs nothing.
+    assert graph_flops(f.get_concrete_function(a, b).graph) == 2 * 3 * 4 * 5 * 6
+
+
 def test_profile_attributes_op_time_to_convolutions_and_their_gradients(tmp_path):
     from benchmarks import profile
 
@@ -50,5 +61,6 @@ def test_profile_attributes_op_time_to_convolutions_and_their_gradients(tmp_path
     assert sum(categories.values()) == pytest.approx(sum(times.values()))
     assert profile.category("ResourceApplyAdam") == "optimizer"
     assert profile.category("Sigmoid") == profile.OTHER
+    assert profile.category("BatchMatMulV2") == profile.category("MatMul") != profile.OTHER
     table = profile.report(times, counts)
     assert "convolution, filter gradient" in table and "calls" in table

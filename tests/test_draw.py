@@ -21,9 +21,10 @@ def decoder_inputs(rng, batch=2, r_side=1, r_dim=16, size=32):
     )
 
 
-def test_hoisted_gates_equal_the_fused_conv():
+@pytest.mark.parametrize("conv_algorithm", ["direct", "winograd"])
+def test_hoisted_gates_equal_the_fused_conv(conv_algorithm):
     rng = np.random.default_rng(0)
-    cell = draw.ConvLSTMCell(hidden_dim=6, kernel_size=5)
+    cell = draw.ConvLSTMCell(hidden_dim=6, kernel_size=5, conv_algorithm=conv_algorithm)
     constants = [rng.normal(size=(2, 8, 8, c)).astype(np.float32) for c in (5, 7)]
     step_inputs = [rng.normal(size=(2, 8, 8, c)).astype(np.float32) for c in (3, 6)]
     state = tuple(rng.normal(size=(2, 8, 8, 6)).astype(np.float32) for _ in range(2))
@@ -39,6 +40,12 @@ def test_hoisted_gates_equal_the_fused_conv():
     full = cell.step([step_inputs[0], np.zeros_like(step_inputs[1])], (zeros, zeros),
                      cell.precompute(constants))
     for a, b in zip(full, skipped):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    # Either algorithm computes the same conv as keras.ops.conv.
+    inputs = np.concatenate(constants + step_inputs + [state[0]], axis=-1)
+    kernel = np.concatenate([cell.constant_kernel.numpy(), cell.step_kernel.numpy()], axis=2)
+    expected = cell._update(keras.ops.conv(inputs, kernel, padding="same") + cell.bias, state[1])
+    for a, b in zip(expected, direct):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     # One fused gate conv of 5x5 over [constants, step inputs, h] -> 4 gates.
     fan_in = cell.constant_kernel.shape[2] + cell.step_kernel.shape[2]
@@ -96,7 +103,10 @@ def outputs_and_gradients(decoder, inputs, seed=5):
 
 
 @pytest.mark.parametrize("other", [dict(fold_canvas=False), dict(remat=True),
-                                   dict(fold_canvas=False, remat=True, hoist=False)])
+                                   dict(fold_canvas=False, remat=True, hoist=False),
+                                   dict(conv_algorithm="winograd"),
+                                   dict(conv_algorithm="winograd", remat=True),
+                                   dict(conv_algorithm="winograd", hoist=False, fold_canvas=False)])
 def test_folded_canvas_and_remat_match_the_direct_computation(other):
     rng = np.random.default_rng(9)
     inputs = decoder_inputs(rng, r_side=8)
@@ -158,10 +168,18 @@ def test_mixed_bfloat16_keeps_outputs_float32():
         assert np.all(np.isfinite(np.asarray(out[key])))
 
 
+def test_winograd_needs_float32_and_a_known_algorithm():
+    with pytest.raises(ValueError, match="conv_algorithm 'winograd' needs float32 compute, got bfloat16."):
+        make_draw(conv_algorithm="winograd", dtype="mixed_bfloat16")
+    with pytest.raises(ValueError, match="conv_algorithm 'fft' is not one of direct, winograd."):
+        draw.ConvLSTMCell(4, conv_algorithm="fft")
+
+
 def test_config_round_trip():
-    decoder = make_draw(shared_cores=True, hoist=False, kernel_size=3)
+    decoder = make_draw(shared_cores=True, hoist=False, kernel_size=3, conv_algorithm="winograd")
     assert draw.ConvDRAW.from_config(decoder.get_config()).get_config() == decoder.get_config()
-    cell = draw.ConvLSTMCell(12, kernel_size=3, forget_bias=0.5)
+    assert decoder.get_config()["conv_algorithm"] == "winograd"
+    cell = draw.ConvLSTMCell(12, kernel_size=3, forget_bias=0.5, conv_algorithm="winograd")
     assert draw.ConvLSTMCell.from_config(cell.get_config()).get_config() == cell.get_config()
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(decoder))
     assert isinstance(restored, draw.ConvDRAW)

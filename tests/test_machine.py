@@ -1,4 +1,6 @@
-"""Per-machine defaults: what "auto" precision and XLA resolve to."""
+"""Per-machine defaults: what "auto" precision, XLA and conv algorithm resolve to."""
+
+import re
 
 import pytest
 
@@ -29,10 +31,38 @@ def test_resolve_replaces_only_auto_settings():
     small = get_preset("small")
     assert (small.dtype_policy, small.jit_compile) == ("auto", "auto")
     resolved = small.for_machine(AMX)
-    assert (resolved.dtype_policy, resolved.jit_compile) == ("mixed_bfloat16", "off")
-    assert resolved.replace(dtype_policy="auto", jit_compile="auto") == small
+    assert (resolved.dtype_policy, resolved.jit_compile, resolved.conv_algorithm) == (
+        "mixed_bfloat16", "off", "direct")
+    assert resolved.replace(dtype_policy="auto", jit_compile="auto", conv_algorithm="auto") == small
     explicit = get_preset("small", dtype_policy="float32", jit_compile="on").for_machine(AMX)
-    assert (explicit.dtype_policy, explicit.jit_compile) == ("float32", "on")
+    assert (explicit.dtype_policy, explicit.jit_compile, explicit.conv_algorithm) == (
+        "float32", "on", "winograd")
+    kept = get_preset("small", dtype_policy="float32", conv_algorithm="direct").for_machine(CPU)
+    assert kept.conv_algorithm == "direct"
+
+
+@pytest.mark.parametrize("described,dtype,kernel_size,expected", [
+    (CPU, "float32", 5, "winograd"),
+    (CPU, "float32", 3, "winograd"),
+    (CPU, "float32", 4, "direct"),
+    (CPU, "float32", 1, "direct"),
+    (AMX, "mixed_bfloat16", 5, "direct"),
+    (gpu(6, 1), "float32", 5, "direct"),
+])
+def test_conv_algorithm(described, dtype, kernel_size, expected):
+    assert machine.conv_algorithm(dtype, kernel_size, described) == expected
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"conv_algorithm": "fft"}, "GQNConfig: conv_algorithm 'fft' is not one of auto, direct, winograd."),
+    ({"conv_algorithm": "winograd", "dtype_policy": "mixed_bfloat16"},
+     "GQNConfig: conv_algorithm 'winograd' needs dtype_policy float32, got mixed_bfloat16."),
+    ({"conv_algorithm": "winograd", "kernel_size": 4},
+     "GQNConfig: conv_algorithm 'winograd' needs an odd kernel_size, got 4."),
+])
+def test_bad_conv_algorithm(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_preset("tiny", **overrides)
 
 
 def test_cpu_flags_and_description(tmp_path):

@@ -109,7 +109,8 @@ def main(argv):
     checkpoints.save_run(model_dir, run)
     print(f"{'Resuming' if resumed else 'Starting'} {FLAGS.preset} GQN on {FLAGS.dataset} at step "
           f"{trainer.step} of {config.max_steps} ({model.count_params():,} parameters, "
-          f"{config.dtype_policy}, XLA {config.jit_compile}, {strategy.num_replicas_in_sync} "
+          f"{config.dtype_policy}, XLA {config.jit_compile}, {config.conv_algorithm} ConvDRAW convs, "
+          f"{strategy.num_replicas_in_sync} "
           f"replica(s)); run dir {model_dir}",
           file=sys.stderr)
 

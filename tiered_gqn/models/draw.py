@@ -14,13 +14,28 @@ resolution instead of u_t: the inference core's input is a 1x1 conv of H_t
 (the two 4x4/4 kernels composed), and the image a single ConvTranspose of H_L
 (upsample and observation kernels composed). Same weights, same result up to
 float rounding; no full-resolution canvas is ever stored.
+
+With `conv_algorithm="winograd"` the gate convs and the prior and posterior
+heads run as Winograd F(4x4, 5x5) convolutions (see `winograd`), each kernel
+transformed once per pass: about a third of the direct multiplications, for
+float32 on CPUs.
 """
+
+CONV_ALGORITHMS = ("direct", "winograd")
+
+
+def check_conv_algorithm(name):
+    """Raises a ValueError unless `name` is one of CONV_ALGORITHMS."""
+    if name not in CONV_ALGORITHMS:
+        raise ValueError(f"conv_algorithm {name!r} is not one of {', '.join(CONV_ALGORITHMS)}.")
+
 
 import math
 
 import keras
 from keras import ops
 
+from tiered_gqn.models import winograd
 from tiered_gqn.models.encoders import broadcast_spatial
 from tiered_gqn.training.elbo import as_float32, diag_gaussian_kl
 
@@ -46,15 +61,19 @@ class ConvLSTMCell(keras.layers.Layer):
         hidden_dim: int. Channels of the hidden and cell states.
         kernel_size: int. Gate conv kernel size (paper: 5).
         forget_bias: float. Added to the forget gate's pre-activation.
+        conv_algorithm: "direct" or "winograd" (float32 only): how the gate
+            conv is computed. Same weights either way.
         **kwargs: base layer arguments (name, dtype, ...).
     """
 
-    def __init__(self, hidden_dim, kernel_size=5, forget_bias=1.0, **kwargs):
+    def __init__(self, hidden_dim, kernel_size=5, forget_bias=1.0, conv_algorithm="direct", **kwargs):
         super().__init__(**kwargs)
+        check_conv_algorithm(conv_algorithm)
         # === Config ===
         self.hidden_dim = hidden_dim
         self.kernel_size = kernel_size
         self.forget_bias = forget_bias
+        self.conv_algorithm = conv_algorithm
 
     def build(self, constants_shape, step_inputs_shape, state_shape=None):
         k, gates = self.kernel_size, 4 * self.hidden_dim
@@ -82,8 +101,15 @@ class ConvLSTMCell(keras.layers.Layer):
         tensors = [ops.cast(t, self.compute_dtype) for t in tensors]
         return tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, axis=-1)
 
-    def _conv(self, inputs, kernel):
-        return ops.conv(inputs, ops.cast(kernel, self.compute_dtype), padding="same")
+    def _prepare(self, kernel):
+        """A gate kernel as `_conv` reads it: cast, and transformed for Winograd."""
+        kernel = ops.cast(kernel, self.compute_dtype)
+        return winograd.transform_kernel(kernel) if self.conv_algorithm == "winograd" else kernel
+
+    def _conv(self, inputs, prepared):
+        if self.conv_algorithm == "winograd":
+            return winograd.conv(inputs, prepared, self.kernel_size)
+        return ops.conv(inputs, prepared, padding="same")
 
     def _update(self, gates, cell):
         i, f, g, o = ops.split(gates, 4, axis=-1)
@@ -95,7 +121,7 @@ class ConvLSTMCell(keras.layers.Layer):
         return ops.sigmoid(o) * ops.tanh(cell), cell
 
     def precompute(self, constants):
-        """The constants' share of the gates (bias included) and the cast step kernel.
+        """The constants' share of the gates (bias included) and the prepared step kernel.
 
         Args:
             constants: list of [B, h, w, c_i] tensors, in the build order.
@@ -105,8 +131,8 @@ class ConvLSTMCell(keras.layers.Layer):
         """
         gates = ops.cast(self.bias, self.compute_dtype)
         if constants:
-            gates = self._conv(self._concat(constants), self.constant_kernel) + gates
-        return gates, ops.cast(self.step_kernel, self.compute_dtype)
+            gates = self._conv(self._concat(constants), self._prepare(self.constant_kernel)) + gates
+        return gates, self._prepare(self.step_kernel)
 
     def step(self, step_inputs, state, precomputed):
         """One step from precomputed constants: returns the new (h, c).
@@ -123,7 +149,11 @@ class ConvLSTMCell(keras.layers.Layer):
                 rows.append((start, start + channels))
             start += channels
         if len(inputs) < len(self.step_input_channels) + 1:
-            step_kernel = ops.concatenate([step_kernel[:, :, a:b] for a, b in rows], axis=2)
+            # The input-channel axis: 2 of a [k, k, in, out] kernel, 1 of a transformed one.
+            if self.conv_algorithm == "winograd":
+                step_kernel = ops.concatenate([step_kernel[:, a:b] for a, b in rows], axis=1)
+            else:
+                step_kernel = ops.concatenate([step_kernel[:, :, a:b] for a, b in rows], axis=2)
         gates = constant_gates + self._conv(self._concat(inputs), step_kernel)
         return self._update(gates, cell)
 
@@ -131,9 +161,9 @@ class ConvLSTMCell(keras.layers.Layer):
         """One step with the direct fused conv: returns the new (h, c)."""
         hidden, cell = state
         kernels = ([self.constant_kernel] if constants else []) + [self.step_kernel]
-        kernel = ops.concatenate([ops.cast(k, self.compute_dtype) for k in kernels], axis=2)
+        kernel = ops.concatenate(kernels, axis=2) if len(kernels) > 1 else kernels[0]
         inputs = self._concat(list(constants) + list(step_inputs) + [hidden])
-        gates = self._conv(inputs, kernel) + ops.cast(self.bias, self.compute_dtype)
+        gates = self._conv(inputs, self._prepare(kernel)) + ops.cast(self.bias, self.compute_dtype)
         return self._update(gates, ops.cast(cell, self.compute_dtype))
 
     def get_config(self):
@@ -143,6 +173,7 @@ class ConvLSTMCell(keras.layers.Layer):
                 "hidden_dim": self.hidden_dim,
                 "kernel_size": self.kernel_size,
                 "forget_bias": self.forget_bias,
+                "conv_algorithm": self.conv_algorithm,
             }
         )
         return config
@@ -176,6 +207,8 @@ class ConvDRAW(keras.layers.Layer):
             full-resolution canvas at every step.
         remat: bool. Recompute each step's activations in the backward pass
             instead of storing them: less memory, about one more forward pass.
+        conv_algorithm: "direct" or "winograd" (float32 only): how the gate
+            convs and the prior and posterior heads are computed.
         image_channels: int. Channels of the images.
         seed: int or None. Seed of the latent sampling.
         **kwargs: base layer arguments (name, dtype, ...).
@@ -194,11 +227,17 @@ class ConvDRAW(keras.layers.Layer):
         hoist=True,
         fold_canvas=True,
         remat=False,
+        conv_algorithm="direct",
         image_channels=3,
         seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_conv_algorithm(conv_algorithm)
+        if conv_algorithm == "winograd" and self.compute_dtype != "float32":
+            raise ValueError(
+                f"conv_algorithm 'winograd' needs float32 compute, got {self.compute_dtype}."
+            )
         if image_size % scale:
             raise ValueError(f"image_size {image_size} is not a multiple of scale {scale}.")
         # === Config ===
@@ -213,6 +252,7 @@ class ConvDRAW(keras.layers.Layer):
         self.hoist = hoist
         self.fold_canvas = fold_canvas
         self.remat = remat
+        self.conv_algorithm = conv_algorithm
         self.image_channels = image_channels
         self.seed = seed
         self.hidden_size = image_size // scale
@@ -221,11 +261,13 @@ class ConvDRAW(keras.layers.Layer):
         dtype = self.dtype_policy
         num_cores = 1 if shared_cores else num_steps
         self.generator_cores = [
-            ConvLSTMCell(h_dim, kernel_size, dtype=dtype, name=f"generator_core_{i}")
+            ConvLSTMCell(h_dim, kernel_size, conv_algorithm=conv_algorithm, dtype=dtype,
+                         name=f"generator_core_{i}")
             for i in range(num_cores)
         ]
         self.inference_cores = [
-            ConvLSTMCell(h_dim, kernel_size, dtype=dtype, name=f"inference_core_{i}")
+            ConvLSTMCell(h_dim, kernel_size, conv_algorithm=conv_algorithm, dtype=dtype,
+                         name=f"inference_core_{i}")
             for i in range(num_cores)
         ]
         self.image_downsample = keras.layers.Conv2D(
@@ -280,11 +322,26 @@ class ConvDRAW(keras.layers.Layer):
             self.build(r.shape, query_camera.shape)
         return self._draw(r, query_camera, None, seed)["mean"]
 
-    def _gaussian(self, head, hidden, noise):
-        """(mean, log scale) float32 of a prior or posterior head; None hidden is zeros."""
+    def _transformed_heads(self, posterior):
+        """Winograd-transformed kernels of the prior [and posterior] head; () when direct."""
+        if self.conv_algorithm != "winograd":
+            return ()
+        heads = [self.prior_head] + ([self.posterior_head] if posterior else [])
+        return tuple(
+            winograd.transform_kernel(ops.cast(head.kernel, self.compute_dtype)) for head in heads
+        )
+
+    def _gaussian(self, head, hidden, noise, transformed=None):
+        """(mean, log scale) float32 of a prior or posterior head; None hidden is zeros.
+
+        `transformed` is the head's Winograd kernel, or None for the direct conv.
+        """
         if hidden is None:  # a conv of zeros is its bias
             shape = tuple(ops.shape(noise)[:-1]) + (2 * self.z_dim,)
             params = ops.broadcast_to(as_float32(head.bias), shape)
+        elif transformed is not None:
+            params = winograd.conv(hidden, transformed, self.kernel_size)
+            params = as_float32(params) + as_float32(head.bias)
         else:
             params = ops.cast(head(hidden), "float32")
         mean, logscale = ops.split(params, 2, axis=-1)
@@ -365,8 +422,10 @@ class ConvDRAW(keras.layers.Layer):
         return ops.cast(logits, "float32") + bias
 
     # === Steps ===
-    def _step(self, step, state, noise, context_g, context_e, through):
+    def _step(self, step, state, noise, context_g, context_e, through, heads):
         """One DRAW step from `state` = (h_g, c_g, [h_e, c_e,] canvas).
+
+        `heads` holds the `_transformed_heads` of the pass.
 
         Returns the new state, followed by the step's KL [B] on a posterior pass.
         """
@@ -380,13 +439,14 @@ class ConvDRAW(keras.layers.Layer):
         if not self.hoist and h_g is None:
             shape = tuple(ops.shape(noise)[:-1]) + (self.h_dim,)
             zeros = ops.zeros(shape, self.compute_dtype)
-        prior_mean, prior_logscale = self._gaussian(self.prior_head, h_g, noise)
+        prior_kernel, posterior_kernel = tuple(heads) + (None,) * (2 - len(heads))
+        prior_mean, prior_logscale = self._gaussian(self.prior_head, h_g, noise, prior_kernel)
         if posterior:
             seen = self._downsampled_canvas(canvas, step, through)
             h_e, c_e = self._core_step(
                 self.inference_cores[i], context_e, [seen, h_g], (h_e, c_e), zeros
             )
-            mean, logscale = self._gaussian(self.posterior_head, h_e, noise)
+            mean, logscale = self._gaussian(self.posterior_head, h_e, noise, posterior_kernel)
             kl = diag_gaussian_kl(mean, logscale, prior_mean, prior_logscale)
         else:
             mean, logscale = prior_mean, prior_logscale
@@ -399,13 +459,15 @@ class ConvDRAW(keras.layers.Layer):
             return h_g, c_g, h_e, c_e, canvas, kl
         return h_g, c_g, canvas
 
-    def _rematerialized_step(self, step, state, noise, context_g, context_e, through):
+    def _rematerialized_step(self, step, state, noise, context_g, context_e, through, heads):
         """`_step` whose activations are recomputed in the backward pass.
 
         Every tensor the step reads is passed explicitly, so that gradients
         reach it through the recomputation.
         """
-        groups = [list(state), [noise], list(context_g), list(context_e or []), list(through)]
+        groups = [
+            list(state), [noise], list(context_g), list(context_e or []), list(through), list(heads)
+        ]
         sizes = [len(group) for group in groups]
 
         def step_fn(*flat):
@@ -413,8 +475,8 @@ class ConvDRAW(keras.layers.Layer):
             for size in sizes:
                 parts.append(list(flat[start : start + size]))
                 start += size
-            state, (noise,), context_g, context_e, through = parts
-            return self._step(step, state, noise, context_g, context_e or None, through)
+            state, (noise,), context_g, context_e, through, heads = parts
+            return self._step(step, state, noise, context_g, context_e or None, through, heads)
 
         return keras.remat(step_fn)(*[t for group in groups for t in group])
 
@@ -438,6 +500,7 @@ class ConvDRAW(keras.layers.Layer):
                           for c in self.inference_cores]
         kernels = self._canvas_kernels() if self.fold_canvas else (None,) * 4
         through = tuple(kernels[:2]) if self.fold_canvas else ()
+        heads = self._transformed_heads(posterior)
         noise_shape = (batch, size, size, self.z_dim)
 
         # Zero (h, c) of each core, as None: the first step skips their convolutions.
@@ -448,7 +511,7 @@ class ConvDRAW(keras.layers.Layer):
             noise = self._noise(noise_shape, step, seed)
             remat = self.remat and posterior and step > 0
             step_fn = self._rematerialized_step if remat else self._step
-            outputs = step_fn(step, state, noise, contexts_g[i], contexts_e[i], through)
+            outputs = step_fn(step, state, noise, contexts_g[i], contexts_e[i], through, heads)
             if posterior:
                 state, kl = tuple(outputs[:-1]), outputs[-1]
                 kl_per_step.append(kl)
@@ -477,6 +540,7 @@ class ConvDRAW(keras.layers.Layer):
                 "hoist": self.hoist,
                 "fold_canvas": self.fold_canvas,
                 "remat": self.remat,
+                "conv_algorithm": self.conv_algorithm,
                 "image_channels": self.image_channels,
                 "seed": self.seed,
             }

@@ -38,6 +38,9 @@ class GQN(keras.Model):
         hoist: bool. Compute constant gate terms once per scene.
         fold_canvas: bool. Keep the canvas at core resolution and upsample once.
         remat: bool. Recompute DRAW step activations in the backward pass.
+        conv_algorithm: "direct", "winograd" (float32 only) or "auto"
+            (Winograd for float32 on a CPU): how the ConvDRAW gate and head
+            convs are computed.
         sigma_initial: float. Pixel sigma at step 0.
         sigma_final: float. Pixel sigma from `sigma_steps` on.
         sigma_steps: int. Length of the sigma annealing.
@@ -62,6 +65,7 @@ class GQN(keras.Model):
         hoist=True,
         fold_canvas=True,
         remat=False,
+        conv_algorithm="auto",
         sigma_initial=2.0,
         sigma_final=0.7,
         sigma_steps=200_000,
@@ -84,6 +88,11 @@ class GQN(keras.Model):
         self.hoist = hoist
         self.fold_canvas = fold_canvas
         self.remat = remat
+        if conv_algorithm == "auto":
+            from tiered_gqn.training import machine
+
+            conv_algorithm = machine.conv_algorithm(self.dtype_policy.name, kernel_size)
+        self.conv_algorithm = conv_algorithm
         self.sigma_initial = sigma_initial
         self.sigma_final = sigma_final
         self.sigma_steps = sigma_steps
@@ -105,6 +114,7 @@ class GQN(keras.Model):
             hoist=hoist,
             fold_canvas=fold_canvas,
             remat=remat,
+            conv_algorithm=conv_algorithm,
             seed=seed,
             dtype=dtype,
             name="decoder",
@@ -138,7 +148,8 @@ class GQN(keras.Model):
             config = get_preset(config, **overrides)
         elif overrides:
             config = config.replace(**overrides)
-        return cls(**config.model_kwargs(), dtype=config.for_machine().dtype_policy)
+        config = config.for_machine()
+        return cls(**config.model_kwargs(), dtype=config.dtype_policy)
 
     def build(self, inputs_shape):
         frames, cameras, query_camera, _ = inputs_shape
@@ -259,6 +270,7 @@ class GQN(keras.Model):
                 "hoist": self.hoist,
                 "fold_canvas": self.fold_canvas,
                 "remat": self.remat,
+                "conv_algorithm": self.conv_algorithm,
                 "sigma_initial": self.sigma_initial,
                 "sigma_final": self.sigma_final,
                 "sigma_steps": self.sigma_steps,

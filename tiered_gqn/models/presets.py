@@ -11,6 +11,7 @@ import typing
 ENCODERS = ("tower", "pool", "pyramid")
 DTYPE_POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_COMPILE = ("auto", "on", "off")
+CONV_ALGORITHMS = ("auto", "direct", "winograd")
 
 # Fields passed to `GQN(...)`; the rest only concern training.
 MODEL_FIELDS = (
@@ -27,6 +28,7 @@ MODEL_FIELDS = (
     "hoist",
     "fold_canvas",
     "remat",
+    "conv_algorithm",
     "sigma_initial",
     "sigma_final",
     "sigma_steps",
@@ -34,7 +36,7 @@ MODEL_FIELDS = (
 )
 # Model fields that change how the model computes, not its weights or what it
 # computes: a run may resume with other values of these.
-COMPUTE_FIELDS = ("hoist", "fold_canvas", "remat")
+COMPUTE_FIELDS = ("hoist", "fold_canvas", "remat", "conv_algorithm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,9 @@ class GQNConfig:
             linear (same result, faster, less memory).
         remat: recompute each DRAW step's activations in the backward pass
             instead of storing them (less memory, slower).
+        conv_algorithm: "direct", "winograd" (float32 only: the ConvDRAW
+            gate and head convs as Winograd F(4x4, 5x5), a third of the
+            multiplications) or "auto": Winograd for float32 on a CPU.
         batch_size: global batch size (scenes per step over all replicas).
         context_size: largest number of context views.
         max_steps: training steps.
@@ -95,6 +100,7 @@ class GQNConfig:
     hoist: bool = True
     fold_canvas: bool = True
     remat: bool = False
+    conv_algorithm: str = "auto"
     # === Training ===
     batch_size: int = 36
     context_size: int = 5
@@ -138,6 +144,12 @@ class GQNConfig:
             fail(f"dtype_policy {self.dtype_policy!r} is not one of {', '.join(DTYPE_POLICIES)}.")
         if self.jit_compile not in JIT_COMPILE:
             fail(f"jit_compile {self.jit_compile!r} is not one of {', '.join(JIT_COMPILE)}.")
+        if self.conv_algorithm not in CONV_ALGORITHMS:
+            fail(f"conv_algorithm {self.conv_algorithm!r} is not one of {', '.join(CONV_ALGORITHMS)}.")
+        if self.conv_algorithm == "winograd" and self.dtype_policy.startswith("mixed"):
+            fail(f"conv_algorithm 'winograd' needs dtype_policy float32, got {self.dtype_policy}.")
+        if self.conv_algorithm == "winograd" and self.kernel_size % 2 == 0:
+            fail(f"conv_algorithm 'winograd' needs an odd kernel_size, got {self.kernel_size}.")
         for name in (
             "r_dim", "h_dim", "z_dim", "num_steps", "canvas_dim", "image_size", "pose_dim",
             "kernel_size", "batch_size", "context_size", "max_steps", "lr_steps", "sigma_steps",

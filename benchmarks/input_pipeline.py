@@ -21,6 +21,8 @@ flags.DEFINE_integer("context_size", 5, "Context views per scene.")
 flags.DEFINE_bool("random_context_size", False, "Draw each batch's context size in [1, context_size].")
 flags.DEFINE_integer("batch_size", 36, "Scenes per batch.")
 flags.DEFINE_integer("image_size", None, "Resize frames to this size (default: the dataset's).")
+flags.DEFINE_enum("frames_dtype", "float32", ["float32", "uint8"],
+                  "Frames as float32 in [0, 1] (the default contract) or as decoded uint8 bytes.")
 flags.DEFINE_integer("batches", 300, "Timed batches per repeat.")
 flags.DEFINE_integer("warmup", 30, "Untimed batches before the first repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
@@ -34,7 +36,7 @@ def main(argv):
     ds = reader.load(
         FLAGS.dataset, data_dir, FLAGS.split, batch_size=FLAGS.batch_size,
         context_size=FLAGS.context_size, random_context_size=FLAGS.random_context_size,
-        image_size=FLAGS.image_size,
+        image_size=FLAGS.image_size, frames_dtype=FLAGS.frames_dtype,
     )
     batches = iter(ds)
     for _ in range(FLAGS.warmup):
@@ -50,7 +52,7 @@ def main(argv):
     print(json.dumps({
         "benchmark": "input_pipeline", "dataset": FLAGS.dataset,
         "context_size": FLAGS.context_size, "random_context_size": FLAGS.random_context_size,
-        "batch_size": FLAGS.batch_size, "scenes_per_s": round(statistics.median(rates), 1),
+        "batch_size": FLAGS.batch_size, "frames_dtype": FLAGS.frames_dtype, "scenes_per_s": round(statistics.median(rates), 1),
         "min": round(min(rates), 1), "max": round(max(rates), 1),
     }))
 

@@ -80,6 +80,22 @@ def test_compute_losses():
     )
 
 
+def test_uint8_frames_give_the_float_frames_results():
+    model = GQN.from_preset(TINY)
+    rng = np.random.default_rng(4)
+    (frames, cameras, query), target = make_batch(rng)
+    frames8 = rng.integers(0, 256, frames.shape, dtype=np.uint8)
+    target8 = rng.integers(0, 256, target.shape, dtype=np.uint8)
+    as_float = ((frames8 / np.float32(255.0), cameras, query), target8 / np.float32(255.0))
+    as_bytes = ((frames8, cameras, query), target8)
+    expected = model.compute_losses(as_float, 0.7, seed=1)
+    got = model.compute_losses(as_bytes, 0.7, seed=1)
+    for name in expected:
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(expected[name]), rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(np.asarray(model.generate(frames8, cameras, query, seed=2)),
+                               np.asarray(model.generate(*as_float[0], seed=2)), rtol=1e-6)
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_gradients_reach_every_trainable_variable(shared):
     model = GQN.from_preset(TINY, encoder="tower", shared_cores=shared, num_steps=3)

@@ -96,6 +96,26 @@ def test_resize_maps_mazes_frames_to_the_requested_size(tmp_path):
     assert ctx.shape == (2, 5, 64, 64, 3) and target.shape == (2, 64, 64, 3)
 
 
+def test_uint8_frames_are_the_float_frames_times_255(tiny_data, tmp_path):
+    kwargs = dict(batch_size=3, context_size=4, seed=5)
+    (ctx, cams, query), target = next(iter(reader.load(SM, tiny_data, **kwargs)))
+    (ctx8, cams8, query8), target8 = next(iter(reader.load(SM, tiny_data, frames_dtype="uint8", **kwargs)))
+    assert ctx8.dtype == tf.uint8 and target8.dtype == tf.uint8 and ctx8.shape == ctx.shape
+    np.testing.assert_array_equal(ctx8.numpy() / np.float32(255.0), ctx.numpy())
+    np.testing.assert_array_equal(target8.numpy() / np.float32(255.0), target.numpy())
+    np.testing.assert_array_equal(cams8, cams)
+    np.testing.assert_array_equal(query8, query)
+    # Resized frames are rounded to the nearest byte.
+    write_random_dataset(str(tmp_path), "mazes", scenes=(2, 1), shards=(1, 1))
+    resized = dict(batch_size=2, context_size=3, image_size=64, seed=0)
+    (ctx, _, _), _ = next(iter(reader.load("mazes", str(tmp_path), **resized)))
+    (ctx8, _, _), _ = next(iter(reader.load("mazes", str(tmp_path), frames_dtype="uint8", **resized)))
+    assert ctx8.dtype == tf.uint8
+    np.testing.assert_array_equal(ctx8.numpy(), np.round(ctx.numpy() * 255.0).astype(np.uint8))
+    with pytest.raises(ValueError, match="frames_dtype 'float16' is not one of float32, uint8."):
+        reader.load(SM, tiny_data, frames_dtype="float16")
+
+
 def test_labels_pass_through_when_asked(tiny_data):
     ds = reader.load(SM, tiny_data, batch_size=6, context_size=2, seed=0, shuffle=False,
                      repeat=False, labels={"tag": (np.int64, (1,))})

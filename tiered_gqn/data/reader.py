@@ -16,6 +16,9 @@ _SHUFFLE_BYTES = 64 << 20
 _BYTES_PER_VIEW = 1500
 
 
+FRAMES_DTYPES = ("float32", "uint8")
+
+
 class DataError(ValueError):
     """A data directory, shard or record that does not match what was expected."""
 
@@ -141,6 +144,7 @@ def load(
     skip_corrupt=False,
     shuffle_buffer=None,
     prefetch=True,
+    frames_dtype="float32",
 ):
     """A tf.data pipeline of GQN batches from gqn-datasets shards.
 
@@ -167,10 +171,13 @@ def load(
         shuffle_buffer: scenes in the shuffle buffer; defaults to about 64 MB
             of records.
         prefetch: prefetch batches.
+        frames_dtype: "float32" (frames in [0, 1]) or "uint8" (the decoded
+            bytes, a quarter of the memory and host-to-device traffic; the
+            GQN model converts them itself). Resized uint8 frames are rounded.
 
     Returns:
         A tf.data.Dataset of `((context_frames [B, K, H, W, 3] float32 in
-        [0, 1], context_cameras [B, K, 7], query_camera [B, 7]),
+        [0, 1] (or uint8), context_cameras [B, K, 7], query_camera [B, 7]),
         target_frame [B, H, W, 3])`.
     """
     info = datasets.get_info(dataset)
@@ -183,6 +190,8 @@ def load(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if frames_dtype not in FRAMES_DTYPES:
+        raise ValueError(f"frames_dtype {frames_dtype!r} is not one of {', '.join(FRAMES_DTYPES)}.")
     files = find_shards(data_dir, dataset, split)
     if not skip_corrupt:
         check_first_record(files[0], info)
@@ -242,13 +251,18 @@ def load(
         size = image_size or info.frame_size
 
         def to_frames(jpegs):
-            frames = tf.cast(decode_frames(jpegs), tf.float32) / 255.0
+            frames = decode_frames(jpegs)
+            if frames_dtype == "uint8" and size == info.frame_size:
+                return frames
+            frames = tf.cast(frames, tf.float32) / 255.0
             if size != info.frame_size:
                 shape = tf.shape(frames)
                 flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
                 flat = tf.image.resize(flat, [size, size], antialias=True)
                 frames = tf.clip_by_value(
                     tf.reshape(flat, tf.concat([shape[:-3], [size, size, 3]], 0)), 0.0, 1.0)
+                if frames_dtype == "uint8":
+                    frames = tf.cast(tf.round(frames * 255.0), tf.uint8)
             return frames
 
         # Context and query decoded apart, so that neither is sliced (copied) out.

@@ -10,6 +10,13 @@ from tiered_gqn.training import elbo as elbo_lib
 from tiered_gqn.training.schedules import annealed
 
 
+def unit_float(frames):
+    """Frames as float in [0, 1]: uint8 bytes become float32 / 255; floats and None pass through."""
+    if frames is not None and keras.backend.standardize_dtype(frames.dtype) == "uint8":
+        return ops.cast(frames, "float32") / 255.0
+    return frames
+
+
 @keras.saving.register_keras_serializable(package="tiered_gqn")
 class GQN(keras.Model):
     """Generative Query Network (Eslami et al. 2018).
@@ -158,14 +165,15 @@ class GQN(keras.Model):
         self.decoder.build(tuple(r_shape), tuple(query_camera))
 
     # === Forward passes ===
+    # Frames may be float32 in [0, 1] or the reader's uint8 bytes (`unit_float`).
     def represent(self, context_frames, context_cameras):
         """Scene representation r [B, h, w, r_dim] (h = image/4 for the tower, else 1)."""
-        return self.representation(context_frames, context_cameras)
+        return self.representation(unit_float(context_frames), context_cameras)
 
     def call(self, inputs, training=False, seed=None):
         context_frames, context_cameras, query_camera, target_frame = inputs
-        r = self.representation(context_frames, context_cameras, training=training)
-        return self.decoder(r, query_camera, target_frame, training=training, seed=seed)
+        r = self.representation(unit_float(context_frames), context_cameras, training=training)
+        return self.decoder(r, query_camera, unit_float(target_frame), training=training, seed=seed)
 
     def generate(self, context_frames, context_cameras, query_camera, seed=None):
         """Image mean [B, H, W, 3] float32 with latents from the prior."""
@@ -202,7 +210,7 @@ class GQN(keras.Model):
         (context_frames, context_cameras, query_camera), target_frame = batch
         inputs = (context_frames, context_cameras, query_camera, target_frame)
         outputs = self(inputs, training=training, seed=seed)
-        target_frame = ops.cast(target_frame, "float32")
+        target_frame = ops.cast(unit_float(target_frame), "float32")
         nll = elbo_lib.gaussian_nll(target_frame, outputs["mean"], sigma)
         kl = outputs["kl"]
         elbo = nll + kl

@@ -17,18 +17,9 @@ float rounding; no full-resolution canvas is ever stored.
 
 With `conv_algorithm="winograd"` the gate convs and the prior and posterior
 heads run as Winograd F(4x4, 5x5) convolutions (see `winograd`), each kernel
-transformed once per pass: about a third of the direct multiplications, for
-float32 on CPUs.
+transformed once per pass: 64 products per channel pair and 4x4 output tile
+instead of 400, for float32 on CPUs.
 """
-
-CONV_ALGORITHMS = ("direct", "winograd")
-
-
-def check_conv_algorithm(name):
-    """Raises a ValueError unless `name` is one of CONV_ALGORITHMS."""
-    if name not in CONV_ALGORITHMS:
-        raise ValueError(f"conv_algorithm {name!r} is not one of {', '.join(CONV_ALGORITHMS)}.")
-
 
 import math
 
@@ -38,6 +29,14 @@ from keras import ops
 from tiered_gqn.models import winograd
 from tiered_gqn.models.encoders import broadcast_spatial
 from tiered_gqn.training.elbo import as_float32, diag_gaussian_kl
+
+CONV_ALGORITHMS = ("direct", "winograd")
+
+
+def check_conv_algorithm(name):
+    """Raises a ValueError unless `name` is one of CONV_ALGORITHMS."""
+    if name not in CONV_ALGORITHMS:
+        raise ValueError(f"conv_algorithm {name!r} is not one of {', '.join(CONV_ALGORITHMS)}.")
 
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")

@@ -62,8 +62,8 @@ class GQNConfig:
         remat: recompute each DRAW step's activations in the backward pass
             instead of storing them (less memory, slower).
         conv_algorithm: "direct", "winograd" (float32 only: the ConvDRAW
-            gate and head convs as Winograd F(4x4, 5x5), a third of the
-            multiplications) or "auto": Winograd for float32 on a CPU.
+            gate and head convs as Winograd F(4x4, 5x5), 64 products per
+            4x4 output tile instead of 400) or "auto": Winograd for float32 on a CPU.
         batch_size: global batch size (scenes per step over all replicas).
         context_size: largest number of context views.
         max_steps: training steps.

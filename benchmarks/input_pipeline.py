@@ -52,7 +52,8 @@ def main(argv):
     print(json.dumps({
         "benchmark": "input_pipeline", "dataset": FLAGS.dataset,
         "context_size": FLAGS.context_size, "random_context_size": FLAGS.random_context_size,
-        "batch_size": FLAGS.batch_size, "frames_dtype": FLAGS.frames_dtype, "scenes_per_s": round(statistics.median(rates), 1),
+        "batch_size": FLAGS.batch_size, "frames_dtype": FLAGS.frames_dtype,
+        "scenes_per_s": round(statistics.median(rates), 1),
         "min": round(min(rates), 1), "max": round(max(rates), 1),
     }))
 

@@ -110,8 +110,7 @@ def main(argv):
     print(f"{'Resuming' if resumed else 'Starting'} {FLAGS.preset} GQN on {FLAGS.dataset} at step "
           f"{trainer.step} of {config.max_steps} ({model.count_params():,} parameters, "
           f"{config.dtype_policy}, XLA {config.jit_compile}, {config.conv_algorithm} ConvDRAW convs, "
-          f"{strategy.num_replicas_in_sync} "
-          f"replica(s)); run dir {model_dir}",
+          f"{strategy.num_replicas_in_sync} replica(s)); run dir {model_dir}",
           file=sys.stderr)
 
     writer = summaries.Summaries(model_dir)

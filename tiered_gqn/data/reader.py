@@ -14,8 +14,7 @@ log = logging.getLogger(__name__)
 # is about 40 times larger than a Shepard-Metzler one).
 _SHUFFLE_BYTES = 64 << 20
 _BYTES_PER_VIEW = 1500
-
-
+# What `load` may return frames as.
 FRAMES_DTYPES = ("float32", "uint8")
 
 

@@ -7,6 +7,7 @@ from keras import ops
 from tiered_gqn.models.draw import ConvDRAW
 from tiered_gqn.models.encoders import Representation
 from tiered_gqn.training import elbo as elbo_lib
+from tiered_gqn.training import machine
 from tiered_gqn.training.schedules import annealed
 
 
@@ -22,8 +23,8 @@ class GQN(keras.Model):
     """Generative Query Network (Eslami et al. 2018).
 
     Inputs follow the reader's contract: context frames [B, K, H, W, 3] in
-    [0, 1], context cameras [B, K, 7], query camera [B, 7], target frame
-    [B, H, W, 3]; K may change from batch to batch. Calling the model runs a
+    [0, 1] (or uint8 bytes), context cameras [B, K, 7], query camera [B, 7],
+    target frame [B, H, W, 3]; K may change from batch to batch. Calling the model runs a
     training pass (latents from the posterior) and returns a dict with "mean"
     [B, H, W, 3], "kl" [B] and "kl_per_step" [B, L], all float32.
 
@@ -96,8 +97,6 @@ class GQN(keras.Model):
         self.fold_canvas = fold_canvas
         self.remat = remat
         if conv_algorithm == "auto":
-            from tiered_gqn.training import machine
-
             conv_algorithm = machine.conv_algorithm(self.dtype_policy.name, kernel_size)
         self.conv_algorithm = conv_algorithm
         self.sigma_initial = sigma_initial

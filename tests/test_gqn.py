@@ -86,7 +86,7 @@ def test_uint8_frames_give_the_float_frames_results():
     (frames, cameras, query), target = make_batch(rng)
     frames8 = rng.integers(0, 256, frames.shape, dtype=np.uint8)
     target8 = rng.integers(0, 256, target.shape, dtype=np.uint8)
-    as_float = ((frames8 / np.float32(255.0), cameras, query), target8 / np.float32(255.0))
+    as_float = ((frames8 * np.float32(1 / 255), cameras, query), target8 * np.float32(1 / 255))
     as_bytes = ((frames8, cameras, query), target8)
     expected = model.compute_losses(as_float, 0.7, seed=1)
     got = model.compute_losses(as_bytes, 0.7, seed=1)

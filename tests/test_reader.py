@@ -14,8 +14,9 @@ def _stored(path):
     info = datasets.get_info(SM)
     raw = next(iter(tf.data.TFRecordDataset(path)))
     ex = tf.io.parse_single_example(raw, reader.raw_features(info))
-    frames = np.stack([tf.io.decode_jpeg(f).numpy() for f in ex["frames"]]) / 255.0
-    return frames.astype(np.float32), ex["cameras"].numpy().reshape(-1, 5)
+    # DeepMind's reference reader: decode_jpeg, then convert_image_dtype to float32.
+    frames = np.stack([tf.image.convert_image_dtype(tf.io.decode_jpeg(f), tf.float32) for f in ex["frames"]])
+    return frames, ex["cameras"].numpy().reshape(-1, 5)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -31,7 +32,7 @@ def test_real_samples_reproduce_the_reference_reader(samples_dir, split):
     for frame, pose in zip(frames, poses):
         distance = np.abs(stored_frames - frame).reshape(15, -1).max(axis=1)
         j = int(np.argmin(distance))
-        assert distance[j] == 0.0  # bit-exact decode_jpeg / 255
+        assert distance[j] == 0.0  # bit for bit the reference reader's frame
         x, y, z, yaw, pitch = stored_cameras[j]
         np.testing.assert_allclose(
             pose, [x, y, z, np.sin(yaw), np.cos(yaw), np.sin(pitch), np.cos(pitch)], atol=1e-6
@@ -96,13 +97,27 @@ def test_resize_maps_mazes_frames_to_the_requested_size(tmp_path):
     assert ctx.shape == (2, 5, 64, 64, 3) and target.shape == (2, 64, 64, 3)
 
 
-def test_uint8_frames_are_the_float_frames_times_255(tiny_data, tmp_path):
+@pytest.mark.parametrize("size", [1, 255, 4099, 3 * 64 * 64 * 37])
+def test_unit_float_is_the_reference_conversion_at_every_size(size):
+    x = tf.constant(np.arange(size) % 256, tf.uint8)
+    reference = tf.image.convert_image_dtype(x, tf.float32).numpy()
+    in_dataset = next(iter(tf.data.Dataset.from_tensors(x).map(reader.unit_float))).numpy()
+    assert in_dataset.dtype == np.float32
+    np.testing.assert_array_equal(reader.unit_float(x).numpy(), reference)
+    np.testing.assert_array_equal(in_dataset, reference)
+    values = np.arange(min(size, 256), dtype=np.float32)
+    np.testing.assert_array_equal(reference[: values.size], values * np.float32(1 / 255))
+    if size > 255:
+        assert in_dataset[255] == 1.0 and in_dataset.min() == 0.0
+
+
+def test_uint8_frames_are_the_float_frames_in_bytes(tiny_data, tmp_path):
     kwargs = dict(batch_size=3, context_size=4, seed=5)
     (ctx, cams, query), target = next(iter(reader.load(SM, tiny_data, **kwargs)))
     (ctx8, cams8, query8), target8 = next(iter(reader.load(SM, tiny_data, frames_dtype="uint8", **kwargs)))
     assert ctx8.dtype == tf.uint8 and target8.dtype == tf.uint8 and ctx8.shape == ctx.shape
-    np.testing.assert_array_equal(ctx8.numpy() / np.float32(255.0), ctx.numpy())
-    np.testing.assert_array_equal(target8.numpy() / np.float32(255.0), target.numpy())
+    np.testing.assert_array_equal(reader.unit_float(ctx8), ctx.numpy())
+    np.testing.assert_array_equal(reader.unit_float(target8), target.numpy())
     np.testing.assert_array_equal(cams8, cams)
     np.testing.assert_array_equal(query8, query)
     # Resized frames are rounded to the nearest byte.

@@ -12,9 +12,10 @@ from tiered_gqn.training.schedules import annealed
 
 
 def unit_float(frames):
-    """Frames as float in [0, 1]: uint8 bytes become float32 / 255; floats and None pass through."""
+    """Frames as float in [0, 1]: uint8 bytes become float32 * (1/255), as the
+    reader converts them; floats and None pass through."""
     if frames is not None and keras.backend.standardize_dtype(frames.dtype) == "uint8":
-        return ops.cast(frames, "float32") / 255.0
+        return ops.cast(frames, "float32") * (1.0 / 255.0)
     return frames
 
 

@@ -4,14 +4,17 @@
         --context_size 5 --batch_size 36 [--data_dir D]
 
 Without --data_dir it uses the embedded procedural dataset. Prints one JSON
-line per repeat and a final JSON line with the median `scenes_per_s`.
+line per repeat and a final JSON line with the median `scenes_per_s` and the
+median process CPU time per scene, `cpu_us_per_scene` (2e6 / cpu_us_per_scene
+is the rate two fully busy cores would give).
 """
 
 import json
 import statistics
-import time
 
 from absl import app, flags
+
+from benchmarks.timing import measure
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "shepard_metzler_5_parts", "Dataset name from the DatasetInfo table.")
@@ -41,20 +44,18 @@ def main(argv):
     batches = iter(ds)
     for _ in range(FLAGS.warmup):
         next(batches)
-    rates = []
+    runs = []
     for repeat in range(FLAGS.repeats):
-        start = time.perf_counter()
-        for _ in range(FLAGS.batches):
-            next(batches)
-        rate = FLAGS.batches * FLAGS.batch_size / (time.perf_counter() - start)
-        rates.append(rate)
-        print(json.dumps({"repeat": repeat, "scenes_per_s": round(rate, 1)}), flush=True)
+        runs.append(measure(batches, FLAGS.batch_size, FLAGS.batches))
+        print(json.dumps({"repeat": repeat, **runs[-1]}), flush=True)
+    rates = [run["scenes_per_s"] for run in runs]
     print(json.dumps({
         "benchmark": "input_pipeline", "dataset": FLAGS.dataset,
         "context_size": FLAGS.context_size, "random_context_size": FLAGS.random_context_size,
         "batch_size": FLAGS.batch_size, "frames_dtype": FLAGS.frames_dtype,
         "scenes_per_s": round(statistics.median(rates), 1),
-        "min": round(min(rates), 1), "max": round(max(rates), 1),
+        "min": min(rates), "max": max(rates),
+        "cpu_us_per_scene": round(statistics.median(run["cpu_us_per_scene"] for run in runs), 1),
     }))
 
 

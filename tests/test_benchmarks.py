@@ -1,4 +1,6 @@
-"""The FLOP count and the op-time profile behind benchmarks.train_step."""
+"""The FLOP count and op-time profile behind benchmarks.train_step, and the pipeline timing."""
+
+import time
 
 import pytest
 import tensorflow as tf
@@ -64,3 +66,34 @@ def test_profile_attributes_op_time_to_convolutions_and_their_gradients(tmp_path
     assert profile.category("BatchMatMulV2") == profile.category("MatMul") != profile.OTHER
     table = profile.report(times, counts)
     assert "convolution, filter gradient" in table and "calls" in table
+
+
+def test_input_pipeline_measure_counts_batches_scenes_and_cpu_time():
+    from benchmarks.timing import measure
+
+    def busy_batches():
+        while True:
+            end = time.process_time() + 0.02  # 20 ms of CPU on this thread
+            while time.process_time() < end:
+                pass
+            yield None
+
+    batches = busy_batches()
+    result = measure(batches, batch_size=4, count=5)
+    # One busy core: CPU time per scene times scenes per second is about one second per second.
+    busy = result["cpu_us_per_scene"] * 1e-6 * result["scenes_per_s"]
+    assert 0.7 < busy < 1.3, result
+    assert result["cpu_us_per_scene"] >= 20_000 / 4 * 0.9, result
+
+    finite = iter(range(3))
+    measure(finite, batch_size=2, count=3)
+    assert next(finite, "exhausted") == "exhausted"
+
+
+def test_input_pipeline_measures_the_reader_on_tiny_data(tiny_data):
+    from benchmarks.timing import measure
+    from tiered_gqn.data import reader
+
+    batches = iter(reader.load("shepard_metzler_5_parts", tiny_data, batch_size=2, context_size=3, seed=0))
+    result = measure(batches, batch_size=2, count=4)
+    assert result["scenes_per_s"] > 0 and result["cpu_us_per_scene"] > 0, result

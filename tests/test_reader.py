@@ -41,6 +41,16 @@ def test_real_samples_reproduce_the_reference_reader(samples_dir, split):
     assert sorted(matched) == list(range(15))  # 14 context views + query, no repeats
 
 
+def test_real_sample_frames_decode_with_the_fast_integer_idct(samples_dir):
+    # The README's warning: the reference decode is libjpeg's fast integer IDCT,
+    # so a decoder using the accurate one (Pillow's default) gives other pixels.
+    raw = next(iter(tf.data.TFRecordDataset(reader.find_shards(samples_dir, SM, "train")[0])))
+    jpegs = tf.io.parse_single_example(raw, reader.raw_features(datasets.get_info(SM)))["frames"]
+    for dct, same in (("INTEGER_FAST", True), ("INTEGER_ACCURATE", False)):
+        pairs = [(tf.io.decode_jpeg(j), tf.io.decode_jpeg(j, dct_method=dct)) for j in jpegs]
+        assert all(np.array_equal(a, b) for a, b in pairs) == same, dct
+
+
 def test_real_sample_cameras_follow_the_convention(samples_dir):
     _, cams = _stored(reader.find_shards(samples_dir, SM, "train")[0])
     xyz, yaw, pitch = cams[:, :3], cams[:, 3], cams[:, 4]

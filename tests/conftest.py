@@ -17,7 +17,7 @@ SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "gqn-samples"
 def samples_dir():
     """The real Shepard-Metzler samples shipped beside the project, or a skip."""
     if not (SAMPLES / "shepard_metzler_5_parts").is_dir():
-        pytest.skip(f"real gqn samples not found at ../shared/gqn-samples")
+        pytest.skip(f"real gqn samples not found at {SAMPLES}")
     return str(SAMPLES)
 
 

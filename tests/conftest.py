@@ -51,3 +51,13 @@ def tiny_data(tmp_path):
     """A root with 6 train and 2 test random Shepard-Metzler-shaped scenes."""
     write_random_dataset(str(tmp_path))
     return str(tmp_path)
+
+
+# Lines TensorFlow's C++ runtime logs at start-up, whatever the program does.
+_RUNTIME_LOG = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ", "E0000 ")
+
+
+def own_lines(stderr):
+    """The lines of `stderr` that the program printed itself (TensorFlow's start-up log left out)."""
+    return [line for line in stderr.strip().splitlines()
+            if line.strip() and not line.startswith(_RUNTIME_LOG)]

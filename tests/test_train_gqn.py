@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -78,8 +81,8 @@ def test_rerunning_resumes_and_a_changed_model_is_refused(tiny_run):
     code, err = train(*flags, "--max_steps", "6", "--h_dim", "16")
     assert code == 2
     assert err.strip().splitlines()[-1] == (
-        f"train_gqn: error: --model_dir {model_dir} holds a run with other h_dim; "
-        "resume it with its settings or choose a new --model_dir.")
+        f"train_gqn: error: --h_dim 16 (the run has 8): {model_dir} cannot resume with other "
+        "values of these; resume it with its settings or choose a new --model_dir.")
     assert sorted(os.listdir(model_dir / "checkpoints")) == before
 
 
@@ -103,24 +106,30 @@ def test_missing_data_dir_names_the_expected_layout(tmp_path):
     assert "No shards in" in err and "001-of-900.tfrecord" in err
 
 
-def test_sigterm_checkpoints_the_current_step_and_the_run_resumes(tmp_path):
-    import re
-    import signal
-    import time
-
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_current_step_and_the_run_resumes(tmp_path, signum):
     write_random_dataset(str(tmp_path / "data"), scenes=(4, 2), shards=(1, 1))
+    model_dir = tmp_path / "m"
     flags = ["--data_dir", str(tmp_path / "data"), "--preset", "tiny", "--batch_size", "2",
-             "--model_dir", str(tmp_path / "m"), "--checkpoint_every", "100000", "--eval_every", "100000"]
+             "--model_dir", str(model_dir), "--checkpoint_every", "1", "--eval_every", "100000"]
     process = subprocess.Popen([sys.executable, "-m", "trainer.train_gqn", *flags, "--max_steps", "100000"],
                                cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    for line in process.stderr:
-        if line.startswith("Starting tiny GQN"):
-            break
-    time.sleep(4)  # past the first steps
-    process.send_signal(signal.SIGTERM)
+    deadline = time.time() + 240
+    while not (model_dir / "checkpoints" / "ckpt-2.index").exists():  # training is under way
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signum)
+    time.sleep(0.05)
+    process.send_signal(signum)  # a second signal while the first is handled changes nothing
     err = process.stderr.read()
-    assert process.wait(timeout=120) == 130
+    assert process.wait(timeout=120) == 128 + signum
+    assert "Traceback" not in err
     step = int(re.search(r"Stopped at step (\d+); checkpoint", err).group(1))
-    assert step >= 1 and (tmp_path / "m" / "checkpoints" / f"ckpt-{step}.index").exists()
+    assert step >= 2 and (model_dir / "checkpoints" / f"ckpt-{step}.index").exists()
+    assert err.strip().splitlines()[-1] == (
+        f"train_gqn: interrupted ({signal.Signals(signum).name}).")
+    assert not list((model_dir / "checkpoints").glob(".staging*"))
     code, err = train(*flags, "--max_steps", str(step + 1))
-    assert code == 0 and f"Resuming tiny GQN on shepard_metzler_5_parts at step {step} of" in err
+    assert code == 0, err[-3000:]
+    assert f"Resuming tiny GQN on shepard_metzler_5_parts at step {step} of" in err
+    assert f"resumed from {model_dir / 'checkpoints' / f'ckpt-{step}'}" in err

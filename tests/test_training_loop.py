@@ -23,7 +23,7 @@ STAND_IN = textwrap.dedent('''
         def pixel_sigma(self, step):
             return tf.constant(1.0)
 
-        def compute_losses(self, batch, sigma, training=True):
+        def compute_losses(self, batch, sigma, training=True, seed=None):
             (frames, cameras, query), target = batch
             error = tf.reduce_sum(tf.square(self.dense(query) - target[:, 0, 0]), axis=1)
             return {name: error for name in loop.METRICS}
@@ -84,35 +84,103 @@ def test_xla_compiled_steps_give_the_same_update(tmp_path):
     assert _run(script).strip().endswith("ok")
 
 
-def test_resumed_training_continues_from_the_checkpointed_step(tmp_path):
-    script = STAND_IN + textwrap.dedent(f'''
-        import tensorflow as tf
-        from tiered_gqn.training import loop
+# Adam (with slots) over batches that differ from step to step, so that a
+# resume must restore the optimizer state and the input position to match.
+ADAM = STAND_IN + textwrap.dedent('''
+    def batches(n=8, count=12, bad=()):
+        rng = np.random.default_rng(1)
+        query = rng.normal(size=(count, n, 7)).astype(np.float32)
+        target = rng.normal(size=(count, n, 4, 4, 3)).astype(np.float32)
+        for i in bad:
+            target[i, 0, 0, 0, 0] = np.nan
+        return tf.data.Dataset.from_tensor_slices((
+            (np.zeros((count, n, 1, 4, 4, 3), np.float32), np.zeros((count, n, 1, 7), np.float32),
+             query), target))
+
+    def adam_trainer(model_dir, **kwargs):
         strategy = tf.distribute.get_strategy()
-        full, _ = run(strategy, {str(tmp_path / "full")!r})
-        # Stop after step 2's checkpoint, then resume to step 3 in a new trainer.
-        orig_fit = loop.Trainer.fit
-        def fit_two(self, data, max_steps, **kw):
-            return orig_fit(self, data, 2, **kw)
-        loop.Trainer.fit = fit_two
-        run(strategy, {str(tmp_path / "split")!r})
-        loop.Trainer.fit = orig_fit
-        with strategy.scope():
-            model = Linear()
-            optimizer = keras.optimizers.SGD(0.1)
-            optimizer.build(model.trainable_variables)
-        trainer = loop.Trainer(model, optimizer, strategy, 8, {str(tmp_path / "split")!r})
-        assert trainer.restore() is not None and trainer.step == 2
-        rng = np.random.default_rng(0)
-        data = tf.data.Dataset.from_tensors((
-            (np.zeros((8, 1, 4, 4, 3), np.float32), np.zeros((8, 1, 7), np.float32),
-             rng.normal(size=(8, 7)).astype(np.float32)),
-            rng.normal(size=(8, 4, 4, 3)).astype(np.float32))).repeat()
-        trainer.fit(data, max_steps=3, verbose=False)
-        np.testing.assert_allclose(model.dense.kernel.numpy(), full, rtol=1e-6)
+        model = Linear()
+        optimizer = keras.optimizers.Adam(0.05)
+        optimizer.build(model.trainable_variables)
+        return loop.Trainer(model, optimizer, strategy, 8, model_dir, **kwargs)
+
+    def state(trainer):
+        return [v.numpy() for v in trainer.model.weights + trainer.optimizer.variables]
+''')
+
+
+def test_resumed_training_matches_an_uninterrupted_run_with_adam(tmp_path):
+    script = ADAM + textwrap.dedent(f'''
+        full = adam_trainer({str(tmp_path / "full")!r})
+        full.fit(batches(), max_steps=9, checkpoint_every=100, verbose=False)
+        # Train 5 steps, then resume in new trainers from the checkpoints.
+        split = adam_trainer({str(tmp_path / "split")!r})
+        split.fit(batches(), max_steps=5, checkpoint_every=100, verbose=False)
+        for stop in (7, 9):
+            resumed = adam_trainer({str(tmp_path / "split")!r})
+            assert resumed.restore() is not None
+            print("restored", resumed.step, resumed.position)
+            resumed.fit(batches().skip(resumed.position), max_steps=stop, checkpoint_every=100,
+                        verbose=False)
+        assert resumed.step == full.step == 9
+        for a, b in zip(state(full), state(resumed)):
+            np.testing.assert_array_equal(a, b)
+        # A trainer that restores nothing would differ: the test can fail.
+        fresh = adam_trainer({str(tmp_path / "fresh")!r})
+        fresh.fit(batches().skip(5), max_steps=4, checkpoint_every=100, verbose=False)
+        assert any(not np.array_equal(a, b) for a, b in zip(state(full), state(fresh)))
         print("ok")
     ''')
-    assert _run(script).strip().endswith("ok")
+    out = _run(script)
+    assert out.strip().endswith("ok")
+    assert "restored 5 5" in out and "restored 7 7" in out
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run_when_repeated(tmp_path):
+    script = ADAM + textwrap.dedent(f'''
+        clean = adam_trainer({str(tmp_path / "clean")!r})
+        clean.fit(batches().skip(2), max_steps=4, checkpoint_every=100, verbose=False)
+        # Batches 0 and 1 hold a NaN: both are skipped, then batches 2.. train as above.
+        skipping = adam_trainer({str(tmp_path / "skipping")!r})
+        skipping.fit(batches(bad=(0, 1)), max_steps=4, checkpoint_every=100, verbose=False)
+        assert (skipping.step, skipping.position, skipping.nonfinite_steps) == (4, 6, 2)
+        for a, b in zip(state(clean), state(skipping)):
+            np.testing.assert_array_equal(a, b)
+        # Three bad batches in a row with max_nonfinite_steps=3 stop the run, checkpoint untouched.
+        stopping = adam_trainer({str(tmp_path / "stopping")!r}, max_nonfinite_steps=3)
+        stopping.fit(batches(), max_steps=2, checkpoint_every=1, verbose=False)
+        before = state(stopping)
+        try:
+            stopping.fit(batches(bad=(2, 3, 4)).skip(2), max_steps=8, checkpoint_every=1,
+                         verbose=False)
+        except loop.NonFiniteError as e:
+            print("stopped:", e)
+        for a, b in zip(before, state(stopping)):
+            np.testing.assert_array_equal(a, b)
+        assert stopping.checkpoints.latest.endswith("ckpt-2")
+        print("ok")
+    ''')
+    out = _run(script)
+    assert out.strip().endswith("ok")
+    assert "stopped: 3 steps in a row had a non-finite loss or gradient (the last after step 2: elbo nan" in out
+
+
+def test_a_data_fault_mid_run_writes_a_checkpoint_first(tmp_path):
+    script = ADAM + textwrap.dedent(f'''
+        def failing(i, batch):
+            tf.debugging.assert_less(i, tf.constant(3, tf.int64), message="bad record")
+            return batch
+        data = batches().enumerate().map(failing)
+        trainer = adam_trainer({str(tmp_path / "run")!r})
+        try:
+            trainer.fit(data, max_steps=8, checkpoint_every=100, verbose=False)
+        except loop.DataFault as fault:
+            print("fault", fault.checkpoint, type(fault.error).__name__)
+        print("step", trainer.step)
+    ''')
+    out = _run(script)
+    assert f"fault {tmp_path / 'run' / 'checkpoints' / 'ckpt-3'} InvalidArgumentError" in out
+    assert "step 3" in out
 
 
 def test_changing_context_sizes_do_not_retrace_every_step(tmp_path):

@@ -10,12 +10,12 @@ nearest-context-view baselines (see tiered_gqn/training/evaluation.py). Writes
 <model_dir>/eval_<split>.json and .csv.
 """
 
-import logging as pylogging
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from tiered_gqn import cli
 from trainer import common
 
 FLAGS = flags.FLAGS
@@ -23,12 +23,18 @@ flags.DEFINE_string("model_dir", None, "Run directory written by trainer.train_g
 flags.DEFINE_enum("split", "test", ["train", "test"], "Split to evaluate on.")
 flags.DEFINE_integer("batches", 20,
                      "Batches of scenes to evaluate (the same scenes at every context size); "
-                     "0 for the whole split.")
-flags.DEFINE_integer("batch_size", None, "Scenes per batch (default: the run's batch_size).")
-flags.DEFINE_integer("seed", 0, "Seed of the scene and view selection and of the latent samples.")
+                     "0 for the whole split.", lower_bound=0)
+flags.DEFINE_integer("batch_size", None, "Scenes per batch (default: the run's batch_size).",
+                     lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of the scene and view selection and of the latent samples.",
+                     lower_bound=0)
 flags.DEFINE_string("data_dir", None, "Data root (default: the run's data_dir).")
 flags.DEFINE_integer("mean_images", 256,
-                     "Training targets averaged into the mean-image baseline (0 to skip it).")
+                     "Training targets averaged into the mean-image baseline (0 to skip it).",
+                     lower_bound=0)
+flags.DEFINE_bool("skip_corrupt", False,
+                  "Skip (and count) unreadable or malformed records instead of stopping with an "
+                  "error that names the file.")
 flags.DEFINE_float("angle_weight", 1.0,
                    "Nearest-view baseline: world units that one radian between viewing "
                    "directions counts as in the camera distance.")
@@ -42,26 +48,23 @@ def main(argv):
     import tensorflow as tf
 
     logging.set_verbosity(logging.WARNING)
-    pylogging.getLogger("tiered_gqn").setLevel(pylogging.INFO)
 
-    from tiered_gqn.data import reader
+    from tiered_gqn.data import datasets, reader
     from tiered_gqn.training import checkpoints, evaluation
 
     model_dir = FLAGS.model_dir
-    try:
-        model, run, step = checkpoints.restore_model(model_dir)
-    except FileNotFoundError as e:
-        common.fail(PROGRAM, str(e))
+    model, run, step = checkpoints.restore_model(model_dir)
     config = run["config"]
     sigma, sigma_source = evaluation.final_sigma(model, step)
     data_dir = FLAGS.data_dir or run["data_dir"]
     batch_size = FLAGS.batch_size or config.batch_size
     context_sizes = list(range(1, config.context_size + 1))
     try:
-        data = reader.load(
+        data = split_data = reader.load(
             run["dataset"], data_dir, FLAGS.split, batch_size=batch_size,
             context_size=config.context_size, random_context_size=False, seed=FLAGS.seed,
             image_size=config.image_size, repeat=False, drop_remainder=False,
+            skip_corrupt=FLAGS.skip_corrupt,
         )
         if FLAGS.batches > 0:
             data = data.take(FLAGS.batches)
@@ -70,23 +73,24 @@ def main(argv):
             train = reader.load(
                 run["dataset"], data_dir, "train", batch_size=min(FLAGS.mean_images, 64),
                 context_size=1, seed=FLAGS.seed + 1, image_size=config.image_size,
-                repeat=False, drop_remainder=False,
+                repeat=False, drop_remainder=False, skip_corrupt=FLAGS.skip_corrupt,
             )
             mean, mean_count = evaluation.mean_image(train, FLAGS.mean_images)
         print(f"Evaluating {model_dir} ({run['dataset']}, {FLAGS.split} split) at sigma {sigma:.4f} "
               f"[{sigma_source}], context sizes 1-{config.context_size}...", file=sys.stderr)
         rows = evaluation.evaluate(model, data, sigma, context_sizes, mean, seed=FLAGS.seed,
                                    angle_weight=FLAGS.angle_weight)
-    except (ValueError, FileNotFoundError) as e:
-        common.fail(PROGRAM, str(e))
-    except tf.errors.DataLossError as e:
-        files = reader.find_shards(data_dir, run["dataset"], FLAGS.split)
-        common.fail(PROGRAM, str(reader.explain_read_error(e, files)))
+    except tf.errors.OpError as e:
+        files = (reader.find_shards(data_dir, run["dataset"], "train")
+                 + reader.find_shards(data_dir, run["dataset"], FLAGS.split))
+        raise reader.explain_data_error(e, files, datasets.get_info(run["dataset"])) from None
+    skipped = int(split_data.skipped_records.numpy()) + (int(train.skipped_records.numpy())
+                                                    if FLAGS.mean_images > 0 else 0)
 
     scenes = rows[0]["examples"]
     report = {
         "model_dir": model_dir, "dataset": run["dataset"], "data_dir": data_dir, "split": FLAGS.split,
-        "checkpoint": tf.train.latest_checkpoint(os.path.join(model_dir, checkpoints.CHECKPOINTS)),
+        "checkpoint": run["checkpoint"], "skipped_records": skipped,
         "step": step, "sigma": sigma, "sigma_source": sigma_source,
         "seed": FLAGS.seed, "batch_size": batch_size, "scenes": scenes,
         "context_sizes": context_sizes, "mean_image_count": mean_count,
@@ -105,8 +109,9 @@ def main(argv):
           f"{gqn['elbo']:.1f} nats/image ({gqn['elbo_bpd']:.4f} bits/dim), MSE {gqn['mse']:.5f}; "
           f"nearest view MSE {overall['nearest_view']['mse']:.5f}"
           + (f", mean image MSE {overall['mean_image']['mse']:.5f}" if "mean_image" in overall else "")
+          + (f"; {skipped} corrupt records skipped" if FLAGS.skip_corrupt else "")
           + f".\n  {stem}.json\n  {stem}.csv")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

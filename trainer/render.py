@@ -10,12 +10,12 @@ noise at every frame so the orbit is coherent; a strip below marks the
 progress round the orbit.
 """
 
-import logging as pylogging
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
+from tiered_gqn import cli
 from trainer import common
 
 FLAGS = flags.FLAGS
@@ -59,16 +59,17 @@ def main(argv):
     import tensorflow as tf
 
     logging.set_verbosity(logging.WARNING)
-    pylogging.getLogger("tiered_gqn").setLevel(pylogging.INFO)
 
     from tiered_gqn import orbits, viz
-    from tiered_gqn.data import reader
+    from tiered_gqn.data import datasets, reader
     from tiered_gqn.training import checkpoints, evaluation
 
     model_dir = FLAGS.model_dir
     out = FLAGS.out or os.path.join(model_dir, "render")
+    if "://" not in out and os.path.exists(out) and not os.path.isdir(out):
+        common.fail(PROGRAM, f"--out {out} is a file; expected an output folder.")
+    model, run, _ = checkpoints.restore_model(model_dir)
     try:
-        model, run, _ = checkpoints.restore_model(model_dir)
         config = run["config"]
         data_dir = FLAGS.data_dir or run["data_dir"]
         context_size = FLAGS.context_size or config.context_size
@@ -78,11 +79,9 @@ def main(argv):
             repeat=False, drop_remainder=False,
         )
         batch = next(iter(data), None)
-    except (ValueError, FileNotFoundError) as e:
-        common.fail(PROGRAM, str(e))
-    except tf.errors.DataLossError as e:
+    except tf.errors.OpError as e:
         files = reader.find_shards(data_dir, run["dataset"], FLAGS.split)
-        common.fail(PROGRAM, str(reader.explain_read_error(e, files)))
+        raise reader.explain_data_error(e, files, datasets.get_info(run["dataset"])) from None
     if batch is None:
         common.fail(PROGRAM, f"no scenes in the {FLAGS.split} split of {data_dir}.")
     (frames, cameras, query), target = batch
@@ -110,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,6 +6,7 @@
 """
 
 import dataclasses
+import math
 import typing
 
 ENCODERS = ("tower", "pool", "pyramid")
@@ -83,7 +84,8 @@ class GQNConfig:
             (tiered_gqn.training.machine). Likelihood and KL stay float32.
         jit_compile: "on", "off", or "auto" (the machine's faster choice):
             compile the training step with XLA.
-        seed: seed of the latent sampling.
+        seed: seed of the latent sampling, the data order and the view
+            sampling: a run with a seed is reproducible, and resumes exactly.
     """
 
     # === Model ===
@@ -157,8 +159,13 @@ class GQNConfig:
             if getattr(self, name) <= 0:
                 fail(f"{name} must be positive, got {getattr(self, name)}.")
         for name in ("lr_initial", "lr_final", "sigma_initial", "sigma_final", "adam_epsilon"):
-            if getattr(self, name) <= 0:
-                fail(f"{name} must be positive, got {getattr(self, name)}.")
+            if not 0 < getattr(self, name) < math.inf:
+                fail(f"{name} must be a positive finite number, got {getattr(self, name)}.")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                fail(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.seed < 0:
+            fail(f"seed must be at least 0, got {self.seed}.")
         multiple = 8 if self.encoder == "pyramid" else 4
         if self.image_size % multiple:
             fail(

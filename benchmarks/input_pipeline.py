@@ -12,9 +12,10 @@ is the rate two fully busy cores would give).
 import json
 import statistics
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks.timing import measure
+from tiered_gqn import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "shepard_metzler_5_parts", "Dataset name from the DatasetInfo table.")
@@ -31,8 +32,21 @@ flags.DEFINE_integer("warmup", 30, "Untimed batches before the first repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
 
 
+def check_flags():
+    """Raises a one-line ValueError naming every count flag out of range."""
+    bounds = (("context_size", 1), ("batch_size", 1), ("image_size", 1), ("batches", 1),
+              ("warmup", 0), ("repeats", 1))
+    problems = [f"--{name} must be {'at least 1' if least else '>= 0'}, got {FLAGS[name].value}."
+                for name, least in bounds
+                if FLAGS[name].value is not None and FLAGS[name].value < least]
+    if problems:
+        raise ValueError(" ".join(problems))
+
+
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags start with --).")
+    check_flags()
     from tiered_gqn.data import cache, reader
 
     data_dir = FLAGS.data_dir or cache.default_data_dir(FLAGS.dataset)
@@ -60,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

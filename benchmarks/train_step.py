@@ -28,17 +28,19 @@ import statistics
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
+from tiered_gqn import cli
 from trainer import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "bench8", "Preset to time (bench8, bench36, paper, small, ...).")
 common.define_preset_flags(default_preset=None)
 flags.adopt_module_key_flags(common)
-flags.DEFINE_integer("steps", 10, "Timed steps; the median is reported.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing and the first allocations).")
-flags.DEFINE_integer("probe_steps", 5, "Timed steps of the peak convolution probe (the best counts).")
+flags.DEFINE_integer("steps", 10, "Timed steps (at least 1); the median is reported.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps first (>= 0; tracing and the first allocations).")
+flags.DEFINE_integer("probe_steps", 5,
+                     "Timed steps of the peak convolution probe (at least 1; the best counts).")
 flags.DEFINE_bool("input_pipeline", False,
                   "Feed the timed steps from tiered_gqn.data.load (the embedded procedural "
                   "Shepard-Metzler data, or --data_dir) instead of one synthetic batch, and report "
@@ -132,18 +134,27 @@ def _batches(config):
                             context_size=config.context_size, image_size=config.image_size))
 
 
+def check_flags():
+    """Raises a one-line ValueError naming every step-count flag out of range."""
+    problems = [f"--{name} must be {'at least 1' if least else '>= 0'}, got {FLAGS[name].value}."
+                for name, least in (("steps", 1), ("warmup", 0), ("probe_steps", 1))
+                if FLAGS[name].value < least]
+    if problems:
+        raise ValueError(" ".join(problems))
+
+
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags start with --).")
+    check_flags()
     import numpy as np
     import tensorflow as tf
 
     from tiered_gqn.models import GQN, get_preset
     from tiered_gqn.training import loop
 
-    try:
-        config = get_preset(FLAGS.config, **common.preset_overrides()).for_machine()
-    except ValueError as e:
-        common.fail("train_step", str(e))
+    # An unknown preset or a bad override is a one-line ValueError (exit 2).
+    config = get_preset(FLAGS.config, **common.preset_overrides()).for_machine()
     b, k, s = config.batch_size, config.context_size, config.image_size
     rng = np.random.default_rng(0)
     batch = (
@@ -196,4 +207,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

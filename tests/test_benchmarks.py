@@ -1,11 +1,17 @@
 """The FLOP count and op-time profile behind benchmarks.train_step, and the pipeline timing."""
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 import tensorflow as tf
 
 from benchmarks.train_step import graph_flops
+from conftest import own_lines
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_graph_flops_counts_a_conv_and_both_gradients_and_a_matmul():
@@ -79,11 +85,16 @@ def test_input_pipeline_measure_counts_batches_scenes_and_cpu_time():
             yield None
 
     batches = busy_batches()
+    wall, cpu = time.perf_counter(), time.process_time()
     result = measure(batches, batch_size=4, count=5)
-    # One busy core: CPU time per scene times scenes per second is about one second per second.
-    busy = result["cpu_us_per_scene"] * 1e-6 * result["scenes_per_s"]
-    assert 0.7 < busy < 1.3, result
-    assert result["cpu_us_per_scene"] >= 20_000 / 4 * 0.9, result
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    # 20 scenes in the wall and CPU time measured around the call. (Their ratio
+    # depends on how busy the shared cores are: under load this one thread got
+    # 65% of a core, so the rate is checked against the wall time, not the CPU.)
+    assert 0.99 * 20 / wall <= result["scenes_per_s"] <= 1.1 * 20 / wall, (result, wall)  # rounded
+    assert 0.9 * 1e6 * cpu / 20 <= result["cpu_us_per_scene"] <= 1e6 * cpu / 20 * 1.01, (result, cpu)
+    # Each batch burns 20 ms of CPU on this thread: 5,000 us per scene, plus a little.
+    assert 20_000 / 4 * 0.9 <= result["cpu_us_per_scene"] <= 20_000 / 4 * 1.3, result
 
     finite = iter(range(3))
     measure(finite, batch_size=2, count=3)
@@ -97,3 +108,44 @@ def test_input_pipeline_measures_the_reader_on_tiny_data(tiny_data):
     batches = iter(reader.load("shepard_metzler_5_parts", tiny_data, batch_size=2, context_size=3, seed=0))
     result = measure(batches, batch_size=2, count=4)
     assert result["scenes_per_s"] > 0 and result["cpu_us_per_scene"] > 0, result
+
+
+def _benchmark_cli(program, *args):
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{program}", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("program,args,message", [
+    # One launch checks the three step counts: every bad flag is named at once.
+    ("train_step", ["--steps", 0, "--warmup", -1, "--probe_steps", -1],
+     "--steps must be at least 1, got 0. --warmup must be >= 0, got -1. "
+     "--probe_steps must be at least 1, got -1."),
+    ("train_step", ["--config", "huge"],
+     "Unknown preset 'huge'; known presets: bench36, bench8, paper, small, tiny."),
+    ("input_pipeline", ["--batch_size", 0, "--repeats", 0, "--warmup", -1],
+     "--batch_size must be at least 1, got 0. --warmup must be >= 0, got -1. "
+     "--repeats must be at least 1, got 0."),
+])
+def test_bad_flags_are_one_line_errors_with_exit_2(program, args, message):
+    done = _benchmark_cli(program, *args)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert own_lines(done.stderr) == [f"{program}: error: {message}"]
+    assert done.stdout == ""  # refused before any step was timed
+
+
+def test_a_single_bad_step_flag_is_named_alone():
+    from absl.testing import flagsaver
+
+    from benchmarks import train_step
+
+    train_step.check_flags()  # the defaults are valid
+    for name, value, message in (("steps", 0, "--steps must be at least 1, got 0."),
+                                 ("warmup", -1, "--warmup must be >= 0, got -1."),
+                                 ("probe_steps", 0, "--probe_steps must be at least 1, got 0.")):
+        with flagsaver.flagsaver(**{name: value}):
+            with pytest.raises(ValueError) as error:
+                train_step.check_flags()
+        assert str(error.value) == message
+    with flagsaver.flagsaver(warmup=0):
+        train_step.check_flags()  # no warm-up is allowed

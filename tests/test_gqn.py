@@ -2,12 +2,16 @@
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tiered_gqn.data import datasets
 from tiered_gqn.models import GQN, GQNConfig, get_preset
 from tiered_gqn.models import presets
 
@@ -96,16 +100,47 @@ def test_uint8_frames_give_the_float_frames_results():
                                np.asarray(model.generate(*as_float[0], seed=2)), rtol=1e-6)
 
 
+def _grads(model, batch, seed=0):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model.compute_losses(batch, 0.7, seed=seed)["elbo"])
+    return {v.path: g for v, g in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables))}
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_gradients_reach_every_trainable_variable(shared):
-    model = GQN.from_preset(TINY, encoder="tower", shared_cores=shared, num_steps=3)
+    steps = 3
+    model = GQN.from_preset(TINY, encoder="tower", shared_cores=shared, num_steps=steps)
+    # Kernel and bias of 8 tower convs and 6 decoder layers, and 3 variables per ConvLSTM
+    # core (constant and step kernels, bias): a generator and an inference core per step
+    # unless shared.
+    cores = 1 if shared else steps
+    assert len(model.trainable_variables) == 28 + 6 * cores
     batch = make_batch(np.random.default_rng(2))
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(model.compute_losses(batch, 0.7)["elbo"])
-    grads = tape.gradient(loss, model.trainable_variables)
-    missing = [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
-    assert not missing
-    assert len(model.trainable_variables) > 20
+    grads = _grads(model, batch)
+    assert not [path for path, g in grads.items() if g is None]
+    assert not [path for path, g in grads.items() if not np.all(np.isfinite(g.numpy()))]
+    zero = [path for path, g in grads.items() if not np.any(g.numpy())]
+    if shared:
+        assert zero == []
+        return
+    # Unshared, the first inference core's step kernel is the one exception, by
+    # construction: its step inputs are [canvas seen, h_g, h_e]. At step 0 h_g and
+    # h_e are the zero initial state, whose kernel rows are skipped, and the empty
+    # canvas is seen as canvas_downsample's bias, zero-initialised: every row
+    # multiplies zeros. Later steps' cores see non-zero inputs.
+    first = model.decoder.inference_cores[0].step_kernel.path
+    assert first.endswith("/decoder/inference_core_0/step_kernel")
+    assert zero == [first]
+    h = TINY.h_dim
+    assert tuple(model.decoder.inference_cores[0].step_kernel.shape)[2] == 3 * h
+    # With a non-zero canvas bias the canvas rows get a gradient; the skipped rows never do.
+    model.decoder.canvas_downsample.bias.assign(np.full((h,), 0.1, np.float32))
+    grads = _grads(model, batch)
+    rows = grads[first].numpy()
+    assert np.all(np.isfinite(rows))
+    assert np.abs(rows[:, :, :h]).max() > 0
+    assert not np.any(rows[:, :, h:])
+    assert [path for path, g in grads.items() if not np.any(g.numpy())] == []  # the kernel as a whole
 
 
 def test_save_and_load_give_identical_outputs(tmp_path):
@@ -177,14 +212,71 @@ def test_fit_and_evaluate_report_the_metrics():
     assert set(results) == {"elbo", "nll", "kl", "mse", "sigma"}
 
 
+# Fits the tiny GQN for the same steps on one device and under a MirroredStrategy
+# over 2 logical CPUs. The latent noise is drawn per replica (a replica's half
+# batch gets other noise than the same examples in a one-device batch), so it
+# is set to zero in both: z is then the posterior mean, and the two runs must
+# compute the same update; what differs is only how the global batch is split
+# and the gradients are reduced. Measured: the updates of the two runs differ
+# by at most 3.7e-9, 4.6e-5 of the largest update (8.1e-5); the tolerance is
+# 1e-3 of it. Summing the replicas' losses instead of averaging over the global
+# batch (tried by patching tf.nn.compute_average_loss) fails it.
+MIRRORED = textwrap.dedent('''
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    import sys
+    import keras
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    import test_gqn
+    from tiered_gqn.models import GQN, draw
+
+    draw.ConvDRAW._noise = lambda self, shape, step, seed: keras.ops.zeros(shape, "float32")
+
+    def fit(strategy, optimizer):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = GQN.from_preset(test_gqn.TINY)
+            model.compile(optimizer=optimizer())
+        before = [v.numpy() for v in model.trainable_variables]
+        history = model.fit(test_gqn.dataset(batch=4), epochs=1, steps_per_epoch=2, verbose=0,
+                            shuffle=False)
+        assert int(model.optimizer.iterations.numpy()) == 2
+        after = [v.numpy() for v in model.trainable_variables]
+        return before, after, history.history
+
+    one_device = tf.distribute.get_strategy()
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
+
+    # The preset's fused Adam with an epsilon far above sqrt(v) (<= 0.3 here): its
+    # step is then lr * g * sqrt(1 - beta2) / epsilon, proportional to the gradient,
+    # so a sum over the replicas instead of the global-batch mean would double it.
+    # The learning rate makes the steps (up to ~1e-4) large against float32 spacing.
+    optimizer = test_gqn.TINY.replace(adam_epsilon=1e3, lr_initial=0.1, lr_final=0.1).optimizer
+    start, one, h1 = fit(one_device, optimizer)
+    start2, two, h2 = fit(mirrored, optimizer)
+    for a, b in zip(start, start2):
+        np.testing.assert_array_equal(a, b)
+    largest = max(np.abs(a - s).max() for a, s in zip(one, start))
+    gap = max(np.abs((b - s) - (a - s)).max() for a, b, s in zip(one, two, start))
+    print("largest update", largest, "gap", gap, "gap / largest", gap / largest)
+    assert largest > 1e-5
+    for a, b, s in zip(one, two, start):
+        np.testing.assert_allclose(b - s, a - s, rtol=0, atol=1e-3 * largest)
+    for name in ("elbo", "nll", "kl", "mse"):
+        assert np.isfinite(h1[name][0]) and abs(h1[name][0] - h2[name][0]) <= 1e-5 * abs(h1[name][0]), name
+    print("ok")
+''')
+
+
 def test_fit_under_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    with strategy.scope():
-        model = GQN.from_preset(TINY)
-        model.compile(optimizer=TINY.optimizer())
-    history = model.fit(dataset(), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
-    assert np.isfinite(history.history["elbo"][0])
-    assert int(model.optimizer.iterations.numpy()) == 2
+    script = MIRRORED.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
 
 
 def test_sigma_follows_the_optimizer_step():
@@ -197,13 +289,44 @@ def test_sigma_follows_the_optimizer_step():
     assert float(model.pixel_sigma(1000)) == pytest.approx(0.7)
 
 
-def test_mixed_bfloat16_losses_stay_float32():
-    model = GQN.from_preset(TINY, dtype_policy="mixed_bfloat16")
+def _float32_twin(model, encoder="pool"):
+    """A float32 GQN (direct convs) with the weights of `model`."""
+    twin = GQN.from_preset(TINY, encoder=encoder, conv_algorithm="direct", dtype_policy="float32")
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _relative_gaps(losses, reference):
+    return {name: float(np.max(np.abs(np.asarray(losses[name]) - np.asarray(reference[name]))
+                              / np.abs(np.asarray(reference[name]))))
+            for name in ("elbo", "nll", "kl", "mse")}
+
+
+# Tolerances of the mixed_bfloat16 losses against float32 ones of the same
+# weights, batch and latent noise. bfloat16 keeps 8 significant bits (a
+# relative rounding of 2^-9 = 0.2% per value); the likelihood and KL are
+# summed in float32, so the ELBO, dominated by the likelihood, moves far less.
+# Measured over 6 batches and seeds (pool and tower encoders): ELBO 2.4e-5,
+# NLL 5.5e-6, MSE 4.3e-5, KL 0.28% (a small term: 4 to 15 nats of ~2,000).
+BF16_RTOL = {"elbo": 1e-3, "nll": 1e-3, "mse": 1e-3, "kl": 3e-2}
+
+
+@pytest.mark.parametrize("encoder", ["pool", "tower"])
+def test_mixed_bfloat16_losses_stay_float32(encoder):
+    model = GQN.from_preset(TINY, encoder=encoder, dtype_policy="mixed_bfloat16")
     assert model.decoder.compute_dtype == "bfloat16"
     assert model.representation.encoder.compute_dtype == "bfloat16"
-    losses = model.compute_losses(make_batch(np.random.default_rng(5)), 0.7)
-    for value in losses.values():
-        assert is_float32(value) and np.all(np.isfinite(np.asarray(value)))
+    assert model.conv_algorithm == "direct"  # Winograd is float32 only
+    reference = _float32_twin(model, encoder)
+    for seed in range(2):
+        batch = make_batch(np.random.default_rng(5 + seed))
+        losses = model.compute_losses(batch, 0.7, seed=seed)
+        for value in losses.values():
+            assert is_float32(value) and np.all(np.isfinite(np.asarray(value)))
+        expected = reference.compute_losses(batch, 0.7, seed=seed)
+        gaps = _relative_gaps(losses, expected)
+        assert all(gaps[name] <= BF16_RTOL[name] for name in gaps), gaps
+        assert gaps["mse"] > 0  # the decoder really ran in bfloat16
 
 
 def test_global_mixed_policy():
@@ -215,7 +338,14 @@ def test_global_mixed_policy():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.decoder.generator_cores[0].compute_dtype == "bfloat16"
+    assert model.conv_algorithm == "direct"  # what "auto" picks under a bfloat16 policy
     assert np.isfinite(history.history["elbo"][0])
+    # The trained weights give the float32 losses within BF16_RTOL.
+    batch = make_batch(np.random.default_rng(6))
+    losses = model.compute_losses(batch, 0.7, seed=3)
+    gaps = _relative_gaps(losses, _float32_twin(model).compute_losses(batch, 0.7, seed=3))
+    assert all(gaps[name] <= BF16_RTOL[name] for name in gaps), gaps
+    assert gaps["mse"] > 0
 
 
 # === Presets ===
@@ -261,6 +391,60 @@ def test_preset_errors(call, message):
     assert "\n" not in str(error.value)
 
 
+def _tower_params(r, pose):
+    """Weights of the tower encoder (Eslami et al. 2018, figure S1), counted from its layers."""
+    h = r // 2
+    layers = [(2, 3, r), (2, r, r), (3, r, h), (2, h, r),  # conv1, skip1, conv2, conv3
+              (3, r + pose, r), (3, r + pose, h), (3, h, r), (1, r, r)]  # skip2, conv4, conv5, conv6
+    return sum(k * k * c_in * c_out + c_out for k, c_in, c_out in layers)
+
+
+def _decoder_params(config):
+    """Weights of the ConvDRAW decoder, counted from the design: L core pairs (or one when shared)."""
+    k2, h, z, r, pose, canvas, s = (config.kernel_size**2, config.h_dim, config.z_dim, config.r_dim,
+                                    config.pose_dim, config.canvas_dim, 4)
+    generator = k2 * (r + pose + z + h) * 4 * h + 4 * h  # gates over [r, camera, z, h_g]
+    inference = k2 * (h + r + pose + 3 * h) * 4 * h + 4 * h  # [x down, r, camera, canvas, h_g, h_e]
+    cores = 1 if config.shared_cores else config.num_steps
+    return (cores * (generator + inference)
+            + (s * s * 3 * h + h) + (s * s * canvas * h + h)  # image and canvas downsampling
+            + (s * s * h * canvas + canvas)  # canvas upsampling
+            + 2 * (k2 * h * 2 * z + 2 * z)  # prior and posterior heads
+            + (canvas * 3 + 3))  # observation head
+
+
 def test_every_preset_is_valid():
+    assert sorted(presets.PRESETS) == ["bench36", "bench8", "paper", "small", "tiny"]
     for name, config in presets.PRESETS.items():
-        assert get_preset(name) == config
+        assert isinstance(config, GQNConfig)
+        # Round trips, through JSON too (what a run saves beside its checkpoints).
+        assert GQNConfig.from_dict(config.to_dict()) == config, name
+        assert GQNConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config, name
+        assert get_preset(name) == config and get_preset(name) is not config
+        resolved = config.for_machine()
+        assert "auto" not in (resolved.dtype_policy, resolved.jit_compile, resolved.conv_algorithm), name
+        assert config.optimizer() is not None
+        # The model builds with the weights the design counts. Paper's 12 unshared
+        # core pairs are 180M weights: it is built with 2 and counted for 12.
+        built = config.replace(num_steps=2) if name == "paper" else config
+        model = GQN.from_preset(built)
+        assert model.representation.count_params() == _tower_params(config.r_dim, config.pose_dim), name
+        assert model.decoder.count_params() == _decoder_params(built), name
+        size = config.image_size
+        r = model.represent(np.zeros((1, 1, size, size, 3), np.float32), np.zeros((1, 1, 7), np.float32))
+        side = size // 4 if config.encoder == "tower" else 1
+        assert tuple(r.shape) == (1, side, side, config.r_dim), name
+        # Every preset trains on the default Shepard-Metzler data: a query view is left over.
+        assert config.context_size <= datasets.get_info("shepard_metzler_5_parts").max_context, name
+    paper = get_preset("paper")
+    assert _tower_params(256, 7) + _decoder_params(paper) == 182_102_671
+    # bench36 is bench8 with batch 36 and L 12, nothing else.
+    bench8, bench36 = get_preset("bench8"), get_preset("bench36")
+    assert bench36 == bench8.replace(batch_size=36, num_steps=12)
+    changed = {k for k, v in bench36.to_dict().items() if bench8.to_dict()[k] != v}
+    assert changed == {"batch_size", "num_steps"}
+    assert _decoder_params(bench36) == _decoder_params(bench8)  # shared cores: L costs no weights
+    # The tiny preset is what the unit tests rely on: float32, no XLA, a few thousand weights per core.
+    tiny = get_preset("tiny")
+    assert (tiny.dtype_policy, tiny.jit_compile, tiny.image_size, tiny.num_steps) == ("float32", "off", 32, 2)
+    assert GQN.from_preset(tiny).count_params() == 159_195

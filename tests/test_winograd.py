@@ -54,12 +54,36 @@ def test_gradients_equal_the_direct_conv_gradients():
 
 def test_pretransformed_kernel_is_reusable():
     rng = np.random.default_rng(2)
-    kernel = tf.constant(rng.normal(size=(5, 5, 3, 2)), tf.float32)
-    u = winograd.transform_kernel(kernel)
+    kernel = rng.normal(size=(5, 5, 3, 2)) / 5
+    u = winograd.transform_kernel(tf.constant(kernel, tf.float32))
     assert u.shape == (8 * 8, 3, 2)
-    for seed in range(2):
-        x = tf.constant(np.random.default_rng(seed).normal(size=(1, 8, 8, 3)), tf.float32)
-        np.testing.assert_allclose(winograd.conv(x, u, 5).numpy(), winograd.conv2d(x, kernel).numpy())
+    # Independently: U[(a, b), c, o] = (G g_co G^T)[a, b] for the filter g_co of each channel pair.
+    _, g, _ = winograd.transforms(5)
+    expected_u = np.einsum("ai,ijco,bj->abco", g, kernel, g).reshape(64, 3, 2)
+    np.testing.assert_allclose(u.numpy(), expected_u, rtol=1e-5, atol=1e-5)
+    # One transform serves inputs of any batch and size, each equal to the direct conv (float64).
+    for seed, shape in enumerate([(1, 8, 8, 3), (2, 13, 10, 3), (3, 4, 4, 3), (1, 1, 1, 3)]):
+        x = np.random.default_rng(seed).normal(size=shape)
+        expected = tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+        got = winograd.conv(tf.constant(x, tf.float32), u, 5).numpy()
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # Gradients reach the kernel through a transform used twice, as a DRAW core's is.
+    xs = [tf.constant(rng.normal(size=(2, 8, 8, 3)), tf.float32) for _ in range(2)]
+    targets = [tf.constant(rng.normal(size=(2, 8, 8, 2)), tf.float32) for _ in range(2)]
+    variable = tf.Variable(kernel, dtype=tf.float32)
+
+    def kernel_grad(conv):
+        with tf.GradientTape() as tape:
+            loss = sum(tf.reduce_sum(y * t) for y, t in zip(conv(xs), targets))
+        return tape.gradient(loss, variable).numpy()
+
+    def reused(xs):
+        shared = winograd.transform_kernel(variable)
+        return [winograd.conv(x, shared, 5) for x in xs]
+
+    direct = kernel_grad(lambda xs: [tf.nn.conv2d(x, variable, 1, "SAME") for x in xs])
+    np.testing.assert_allclose(kernel_grad(reused), direct, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_kernel_sizes():

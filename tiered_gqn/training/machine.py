@@ -1,6 +1,6 @@
 """The machine a run trains on, and the fastest numerically sound settings for it.
 
-Measured on a 2-core CPU with AMX (see the README): mixed bfloat16 is about
+Measured on a 2-core CPU with AMX (see docs/benchmarks.md): mixed bfloat16 is about
 3.8 times faster than direct float32 (1.9 times faster than float32 with
 Winograd convolutions) with the likelihood and KL kept in float32, and XLA
 makes the bfloat16 step about 4 times slower (its CPU backend does not use

@@ -83,7 +83,8 @@ def main(argv):
     except tf.errors.OpError as e:
         files = (reader.find_shards(data_dir, run["dataset"], "train")
                  + reader.find_shards(data_dir, run["dataset"], FLAGS.split))
-        raise reader.explain_data_error(e, files, datasets.get_info(run["dataset"])) from None
+        raise reader.explain_data_error(e, files, datasets.get_info(run["dataset"]),
+                                         skip_corrupt=FLAGS.skip_corrupt) from None
     skipped = int(split_data.skipped_records.numpy()) + (int(train.skipped_records.numpy())
                                                     if FLAGS.mean_images > 0 else 0)
 

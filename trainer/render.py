@@ -32,6 +32,9 @@ flags.DEFINE_enum("split", "test", ["train", "test"], "Split to take scenes from
 flags.DEFINE_integer("seed", 0, "Seed of the scene and view selection and of the latent samples.")
 flags.DEFINE_string("data_dir", None, "Data root (default: the run's data_dir).")
 flags.DEFINE_float("seconds_per_frame", 0.1, "Orbit GIF frame duration.")
+flags.DEFINE_bool("skip_corrupt", False,
+                  "Skip unreadable or malformed records instead of stopping with an error that "
+                  "names the file.")
 
 PROGRAM = "render"
 PROGRESS_HEIGHT = 4  # pixels of the orbit progress strip under each GIF frame
@@ -76,12 +79,13 @@ def main(argv):
         data = reader.load(
             run["dataset"], data_dir, FLAGS.split, batch_size=FLAGS.scenes, context_size=context_size,
             random_context_size=False, seed=FLAGS.seed, image_size=config.image_size,
-            repeat=False, drop_remainder=False,
+            repeat=False, drop_remainder=False, skip_corrupt=FLAGS.skip_corrupt,
         )
         batch = next(iter(data), None)
     except tf.errors.OpError as e:
         files = reader.find_shards(data_dir, run["dataset"], FLAGS.split)
-        raise reader.explain_data_error(e, files, datasets.get_info(run["dataset"])) from None
+        raise reader.explain_data_error(e, files, datasets.get_info(run["dataset"]),
+                                         skip_corrupt=FLAGS.skip_corrupt) from None
     if batch is None:
         common.fail(PROGRAM, f"no scenes in the {FLAGS.split} split of {data_dir}.")
     (frames, cameras, query), target = batch

@@ -152,7 +152,8 @@ def main(argv):
         final = test_metrics()
     except loop.DataFault as fault:
         files = reader.find_shards(data_dir, FLAGS.dataset, fault.split)
-        error = reader.explain_data_error(fault.error, files, datasets.get_info(FLAGS.dataset))
+        error = reader.explain_data_error(fault.error, files, datasets.get_info(FLAGS.dataset),
+                                           skip_corrupt=FLAGS.skip_corrupt)
         written = f" Checkpoint {fault.checkpoint} was written first." if fault.checkpoint else ""
         raise reader.DataError(f"{error}{written}") from None
     grid_path = os.path.join(model_dir, "final.png")

@@ -299,7 +299,12 @@ def test_an_old_format_checkpoint_without_the_seed_state_restores(tmp_path, caps
     model, optimizer = _build()
     _train(model, optimizer, 1)
     optimizer.iterations.assign(4)
-    checkpoints.manager(model, optimizer, str(tmp_path)).save(checkpoint_number=4)
+    # The keys the checkpoints of earlier versions held: no seed generator state, no extras.
+    weights = {v.path.removeprefix(model.name + "/"): v.value for v in model.weights}
+    old = tf.train.Checkpoint(model=model, weights=weights, optimizer=optimizer,
+                              step=optimizer.iterations.value)
+    tf.train.CheckpointManager(old, str(tmp_path / "checkpoints"), max_to_keep=3).save(
+        checkpoint_number=4)
     expected = _state(model, optimizer)
 
     model2, optimizer2 = _build()

@@ -193,7 +193,7 @@ def test_a_truncated_shard_is_named_and_skip_corrupt_reads_past_it(tiny_data):
     with pytest.raises(tf.errors.DataLossError) as info:
         for _ in ds:
             pass
-    error = reader.explain_read_error(info.value, files)
+    error = reader.explain_data_error(info.value, files)
     assert str(error).startswith(files[1] + ": record 1 is truncated or unreadable: truncated record at")
     assert "skip_corrupt=True" in str(error)
     ds = reader.load(SM, tiny_data, batch_size=1, context_size=2, repeat=False, seed=0,

@@ -272,7 +272,7 @@ def test_a_bad_record_mid_run_is_named_with_its_shard_and_index(tmp_path, kind):
     message = str(reader.explain_data_error(raised.value, files, INFO))
     assert message.startswith(f"{path}: record 2 {BAD_KINDS[kind]}") and message.endswith(HINT)
     assert "\n" not in message
-    assert str(reader.explain_read_error(raised.value, files)) == message  # info from the path
+    assert str(reader.explain_data_error(raised.value, files)) == message  # info from the path
     found = reader.find_bad_record(files, INFO)
     assert found[:2] == (path, 2) and found[2].startswith(BAD_KINDS[kind])
 

@@ -138,18 +138,6 @@ def check_first_record(path, info):
         raise DataError(f"{path}: a record {problem}.")
 
 
-def find_corrupt_records(files):
-    """Reads every shard in `files` through; returns [(path, message)] of those that fail."""
-    bad = []
-    for path in files:
-        try:
-            for _ in tf.data.TFRecordDataset(path):
-                pass
-        except tf.errors.OpError as e:
-            bad.append((path, _first_line(e)))
-    return bad
-
-
 def find_bad_record(files, info=None):
     """The first record in `files` that cannot be read or does not fit `info`.
 
@@ -191,11 +179,6 @@ def explain_data_error(error, files, info=None, skip_corrupt=False):
         return DataError(f"Reading {where} failed: {_first_line(error)}")
     path, index, problem, skippable = found
     return DataError(f"{path}: record {index} {problem}{_SKIP_HINT if skippable else _DECODE_HINT}")
-
-
-def explain_read_error(error, files, info=None):
-    """`explain_data_error`, the name trainers used for unreadable shards."""
-    return explain_data_error(error, files, info)
 
 
 def _find_bad(files, info):

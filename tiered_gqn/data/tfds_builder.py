@@ -225,7 +225,7 @@ class GqnDatasets(tfds.core.GeneratorBasedBuilder):
                         "cameras": example["cameras"].reshape(info.sequence_size, 5),
                     }
             except tf.errors.OpError as e:
-                raise reader.explain_read_error(e, [path]) from None
+                raise reader.explain_data_error(e, [path]) from None
 
     def _render_examples(self, split):
         # Rendered and encoded exactly as `generate` writes its shards.

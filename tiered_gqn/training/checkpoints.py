@@ -109,21 +109,12 @@ def save_model(model, path):
 
 
 # === Checkpoints ===
-def _weights(model):
-    """Every model weight by its Keras path below the model (the legacy `manager` keys).
-
-    tf.train.Checkpoint does not follow layers that Keras 3 holds in lists
-    (the ConvDRAW cores), so the variables are tracked by path as well. The
-    model's own name ("gqn", "gqn_1", ...) is left out of the keys.
-    """
-    prefix = model.name + "/"
-    return {v.path.removeprefix(prefix): getattr(v, "value", v) for v in model.weights}
-
-
 def _variables(model):
     """Every model variable (weights and state such as seed generators) by a stable key.
 
-    Weights are keyed by their Keras path below the model, as `_weights`.
+    Weights are keyed by their Keras path below the model (tf.train.Checkpoint
+    does not follow the layers Keras 3 holds in lists, such as the ConvDRAW
+    cores), without the model's own name.
     Variables outside the model's name scope (a `SeedGenerator`'s
     `seed_generator_1/seed_generator_state`) get their auto-numbered first
     name renumbered within the model, so the key is the same in every process.
@@ -548,21 +539,6 @@ class Checkpoints:
         if unknown:
             name = _key_name(unknown[0]).removeprefix("weights/")
             raise CheckpointError(f"{prefix} does not fit this model: it has {name}, which the model has not.")
-
-
-def manager(model, optimizer, model_dir, max_to_keep=3):
-    """A CheckpointManager of the model weights, optimizer and step (legacy: use `Checkpoints`).
-
-    Kept for the Trainer until it moves to `Checkpoints`, which reads what
-    this writes. It saves neither the seed generator state nor atomically.
-    """
-    checkpoint = tf.train.Checkpoint(
-        model=model, weights=_weights(model), optimizer=optimizer,
-        step=getattr(optimizer.iterations, "value", optimizer.iterations),
-    )
-    return tf.train.CheckpointManager(
-        checkpoint, os.path.join(model_dir, CHECKPOINTS), max_to_keep=max_to_keep
-    )
 
 
 def restore_model(model_dir):

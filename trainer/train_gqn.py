@@ -70,7 +70,7 @@ def main(argv):
             skip_corrupt=FLAGS.skip_corrupt,
         )
 
-    train_data()  # checks the split before the model is built
+    data = train_data()  # checks the split before the model is built
     shards = len(reader.find_shards(data_dir, FLAGS.dataset, "train"))
     eval_data = reader.load(
         FLAGS.dataset, data_dir, "test", batch_size=config.batch_size,
@@ -90,7 +90,8 @@ def main(argv):
     if saved and not resumed:
         print(f"Note: {model_dir} holds run.json but no checkpoint; starting at step 0.",
               file=sys.stderr)
-    data = train_data(trainer.position)
+    if trainer.position:
+        data = train_data(trainer.position)
     run = {
         "dataset": FLAGS.dataset, "data_dir": data_dir, "model_dir": model_dir,
         "preset": (saved or {}).get("preset", FLAGS.preset),

@@ -69,21 +69,20 @@ def preset_overrides():
     return overrides
 
 
-def define_run_flags():
-    """Defines the flags of a run's robustness settings, shared by every trainer."""
+def define_skip_corrupt_flag():
+    """Defines --skip_corrupt, shared by every command that reads records."""
     flags.DEFINE_bool("skip_corrupt", False,
                       "Skip (and count) unreadable or malformed records instead of stopping with an "
                       "error that names the file.")
+
+
+def define_run_flags():
+    """Defines the flags of a run's robustness settings, shared by every trainer."""
+    define_skip_corrupt_flag()
     flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept (the newest).", lower_bound=1)
     flags.DEFINE_integer("max_nonfinite_steps", 20,
                          "Steps in a row with a non-finite loss or gradient (each skipped, no update) "
                          "that stop the run.", lower_bound=1)
-
-
-def fail(program, message):
-    """Prints a one-line error and exits with status 2."""
-    del program
-    cli.fail(message)
 
 
 def absolute(path):
@@ -179,9 +178,9 @@ def check_same_data(saved, data_dir, dataset, notes):
     notes.append(f"data_dir changes from {saved['data_dir']} to {data_dir} on resume.")
 
 
-def check_run_dir(program, model_dir):
+def check_run_dir(model_dir):
     """Fails with a one-line error unless `model_dir` is given and (if local) a directory."""
     if not model_dir:
-        fail(program, "--model_dir is required: a run directory written by trainer.train_gqn.")
+        cli.fail("--model_dir is required: a run directory written by trainer.train_gqn.")
     if "://" not in model_dir and not os.path.isdir(model_dir):
-        fail(program, f"--model_dir {model_dir} does not exist.")
+        cli.fail(f"--model_dir {model_dir} does not exist.")

@@ -32,19 +32,16 @@ flags.DEFINE_string("data_dir", None, "Data root (default: the run's data_dir)."
 flags.DEFINE_integer("mean_images", 256,
                      "Training targets averaged into the mean-image baseline (0 to skip it).",
                      lower_bound=0)
-flags.DEFINE_bool("skip_corrupt", False,
-                  "Skip (and count) unreadable or malformed records instead of stopping with an "
-                  "error that names the file.")
+common.define_skip_corrupt_flag()
 flags.DEFINE_float("angle_weight", 1.0,
                    "Nearest-view baseline: world units that one radian between viewing "
                    "directions counts as in the camera distance.")
 
-PROGRAM = "evaluate"
 
 
 def main(argv):
     del argv
-    common.check_run_dir(PROGRAM, FLAGS.model_dir)
+    common.check_run_dir(FLAGS.model_dir)
     import tensorflow as tf
 
     logging.set_verbosity(logging.WARNING)

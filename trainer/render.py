@@ -32,11 +32,8 @@ flags.DEFINE_enum("split", "test", ["train", "test"], "Split to take scenes from
 flags.DEFINE_integer("seed", 0, "Seed of the scene and view selection and of the latent samples.")
 flags.DEFINE_string("data_dir", None, "Data root (default: the run's data_dir).")
 flags.DEFINE_float("seconds_per_frame", 0.1, "Orbit GIF frame duration.")
-flags.DEFINE_bool("skip_corrupt", False,
-                  "Skip unreadable or malformed records instead of stopping with an error that "
-                  "names the file.")
+common.define_skip_corrupt_flag()
 
-PROGRAM = "render"
 PROGRESS_HEIGHT = 4  # pixels of the orbit progress strip under each GIF frame
 
 
@@ -55,10 +52,10 @@ def with_progress(image, frame, num_frames):
 
 def main(argv):
     del argv
-    common.check_run_dir(PROGRAM, FLAGS.model_dir)
+    common.check_run_dir(FLAGS.model_dir)
     for name, least in (("scenes", 1), ("samples", 0), ("orbit_frames", 0)):
         if FLAGS[name].value < least:
-            common.fail(PROGRAM, f"--{name} must be at least {least}.")
+            cli.fail(f"--{name} must be at least {least}.")
     import tensorflow as tf
 
     logging.set_verbosity(logging.WARNING)
@@ -70,7 +67,7 @@ def main(argv):
     model_dir = FLAGS.model_dir
     out = FLAGS.out or os.path.join(model_dir, "render")
     if "://" not in out and os.path.exists(out) and not os.path.isdir(out):
-        common.fail(PROGRAM, f"--out {out} is a file; expected an output folder.")
+        cli.fail(f"--out {out} is a file; expected an output folder.")
     model, run, _ = checkpoints.restore_model(model_dir)
     try:
         config = run["config"]
@@ -87,7 +84,7 @@ def main(argv):
         raise reader.explain_data_error(e, files, datasets.get_info(run["dataset"]),
                                          skip_corrupt=FLAGS.skip_corrupt) from None
     if batch is None:
-        common.fail(PROGRAM, f"no scenes in the {FLAGS.split} split of {data_dir}.")
+        cli.fail(f"no scenes in the {FLAGS.split} split of {data_dir}.")
     (frames, cameras, query), target = batch
     scenes = int(frames.shape[0])
 

@@ -37,7 +37,6 @@ common.define_run_flags()
 common.define_preset_flags(default_preset="small")
 flags.adopt_module_key_flags(common)
 
-PROGRAM = "train_gqn"
 
 
 def main(argv):

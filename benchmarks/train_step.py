@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_step --config bench8 [--mixed_precision none|bf16|fp16] [--steps N]
     python -m benchmarks.train_step --config bench8 --nohoist   # any preset field overridden
+    python -m benchmarks.train_step --config small --alternate float32_cell --repeats 5
 
 Prints one JSON line per timed step and a final JSON line with:
 - s_per_step: median seconds per step; scenes_per_s: batch / s_per_step;
@@ -19,6 +20,17 @@ Prints one JSON line per timed step and a final JSON line with:
 With --profile DIR it also traces one step into DIR (TensorBoard's Profile
 tab) and prints the op time by category and op type before the final line,
 whose `profile_ms` gives the categories.
+
+With --alternate FIELD (a bool GQNConfig field) it builds the model twice,
+FIELD on and off, with the same weights, and times them in --repeats rounds
+of --steps steps each, the order swapping every round (on, off; off, on; ...),
+so that both see the same machine load. The final line then gives, per
+setting ("on", "off"), s_per_step (the median over all its timed steps),
+scenes_per_s, gflops and round_s (each round's median), and `ratio`: the
+median over rounds of on / off.
+
+A preset with context_size 0 (the dataset's maximum) is timed with the
+maximum of the data it reads, shepard_metzler_5_parts.
 """
 
 import json
@@ -47,6 +59,13 @@ flags.DEFINE_bool("input_pipeline", False,
                   "input_wait_s: the median time a step waited for its batch.")
 flags.DEFINE_string("data_dir", None, "Data root for --input_pipeline (default: the embedded data).")
 flags.DEFINE_string("profile", None, "Trace one more step into this directory and print where its time goes.")
+flags.DEFINE_string("alternate", None,
+                    "A bool GQNConfig field (for example float32_cell) to time on and off in one run, "
+                    "alternating --repeats rounds of --steps steps.")
+flags.DEFINE_integer("repeats", 5, "Rounds per setting with --alternate (at least 1).")
+
+# The data --input_pipeline reads, and whose maximum a context_size of 0 means.
+DATASET = "shepard_metzler_5_parts"
 
 _CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
 
@@ -128,47 +147,142 @@ def _batches(config):
     """An iterator of reader batches shaped like the config's synthetic batch."""
     from tiered_gqn.data import cache, reader
 
-    dataset = "shepard_metzler_5_parts"
-    data_dir = FLAGS.data_dir or cache.default_data_dir(dataset)
-    return iter(reader.load(dataset, data_dir, "train", batch_size=config.batch_size,
+    data_dir = FLAGS.data_dir or cache.default_data_dir(DATASET)
+    return iter(reader.load(DATASET, data_dir, "train", batch_size=config.batch_size,
                             context_size=config.context_size, image_size=config.image_size))
 
 
+def _bool_fields():
+    import typing
+
+    from tiered_gqn.models.presets import GQNConfig
+
+    hints = typing.get_type_hints(GQNConfig)
+    return [name for name in GQNConfig.field_names() if hints[name] is bool]
+
+
 def check_flags():
-    """Raises a one-line ValueError naming every step-count flag out of range."""
+    """Raises a one-line ValueError naming every step-count flag out of range, and a bad --alternate."""
     problems = [f"--{name} must be {'at least 1' if least else '>= 0'}, got {FLAGS[name].value}."
-                for name, least in (("steps", 1), ("warmup", 0), ("probe_steps", 1))
+                for name, least in (("steps", 1), ("warmup", 0), ("probe_steps", 1), ("repeats", 1))
                 if FLAGS[name].value < least]
+    field = FLAGS["alternate"].value  # read unparsed too, as the tests call this
+    if field is not None:
+        if field not in _bool_fields():
+            problems.append(f"--alternate {field} is not a bool GQNConfig field "
+                            f"({', '.join(_bool_fields())}).")
+        elif FLAGS[field].present:
+            problems.append(f"--alternate {field} times both values: do not also set --{field}.")
+        if FLAGS["profile"].value:
+            problems.append("--profile traces one setting: it cannot be combined with --alternate.")
     if problems:
         raise ValueError(" ".join(problems))
+
+
+def synthetic_batch(config):
+    """One reader-format batch of random data shaped by `config`."""
+    import numpy as np
+    import tensorflow as tf
+
+    b, k, s = config.batch_size, config.context_size, config.image_size
+    rng = np.random.default_rng(0)
+    return (
+        (tf.constant(rng.uniform(size=(b, k, s, s, 3)), tf.float32),
+         tf.constant(rng.normal(size=(b, k, config.pose_dim)), tf.float32),
+         tf.constant(rng.normal(size=(b, config.pose_dim)), tf.float32)),
+        tf.constant(rng.uniform(size=(b, s, s, 3)), tf.float32),
+    )
+
+
+def make_trainer(config, batch, weights_from=None):
+    """A loop.Trainer of a new GQN of `config` and the FLOPs of its traced step.
+
+    With `weights_from` (a model) the new model starts from its weights if
+    their shapes are the same.
+    """
+    import tensorflow as tf
+
+    from tiered_gqn.models import GQN
+    from tiered_gqn.training import loop
+
+    model = GQN.from_preset(config)
+    if weights_from is not None and [w.shape for w in weights_from.weights] == [
+            w.shape for w in model.weights]:
+        model.set_weights(weights_from.get_weights())
+    optimizer = config.optimizer()
+    optimizer.build(model.trainable_variables)
+    trainer = loop.Trainer(model, optimizer, tf.distribute.get_strategy(), config.batch_size,
+                           tempfile.mkdtemp(), jit_compile=config.jit_compile == "on")
+    return trainer, graph_flops(trainer._train_step.get_concrete_function(batch).graph)
+
+
+def _compute_dtype(config):
+    import tensorflow as tf
+
+    return {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16,
+            "mixed_float16": tf.float16}[config.dtype_policy]
+
+
+def alternate(config, batch):
+    """Times `config` with FLAGS.alternate on and off in alternating rounds; returns the final record."""
+    field = FLAGS.alternate
+    settings = {"on": config.replace(**{field: True}), "off": config.replace(**{field: False})}
+    trainers, flops, first = {}, {}, None
+    for name, setting in settings.items():
+        trainers[name], flops[name] = make_trainer(setting, batch, first)
+        first = first or trainers[name].model
+        for _ in range(FLAGS.warmup):
+            trainers[name].train_step(batch)["elbo"].numpy()
+    batches = _batches(config) if FLAGS.input_pipeline else None
+    times = {name: [] for name in settings}
+    rounds = {name: [] for name in settings}
+    for repeat in range(FLAGS.repeats):
+        order = ("on", "off") if repeat % 2 == 0 else ("off", "on")
+        for name in order:
+            trainer, step_times = trainers[name], []
+            for i in range(FLAGS.steps):
+                start = time.perf_counter()
+                if batches is not None:
+                    batch = next(batches)
+                trainer.train_step(batch)["elbo"].numpy()
+                step_times.append(time.perf_counter() - start)
+                print(json.dumps({"round": repeat, field: name == "on", "step": i,
+                                  "s": round(step_times[-1], 4)}), flush=True)
+            times[name] += step_times
+            rounds[name].append(statistics.median(step_times))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    probe = peak_probe(_compute_dtype(config), FLAGS.probe_steps)
+    record = {"benchmark": "train_step", "config": FLAGS.config, "alternate": field,
+              "dtype_policy": config.dtype_policy, "jit_compile": config.jit_compile,
+              "conv_algorithm": config.conv_algorithm, "batch_size": config.batch_size,
+              "steps": FLAGS.steps, "repeats": FLAGS.repeats}
+    for name in settings:
+        seconds = statistics.median(times[name])
+        record[name] = {
+            "s_per_step": round(seconds, 4), "scenes_per_s": round(config.batch_size / seconds, 2),
+            "model_gflop_per_step": round(flops[name] / 1e9, 1),
+            "gflops": round(flops[name] / seconds / 1e9, 1),
+            "round_s": [round(t, 4) for t in rounds[name]],
+        }
+    record["ratio"] = round(statistics.median(a / b for a, b in zip(rounds["on"], rounds["off"])), 4)
+    record.update({"peak_probe_gflops": round(probe, 1), "peak_rss_mb": round(peak_rss_mb, 1)})
+    return record
 
 
 def main(argv):
     if len(argv) > 1:
         raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])} (flags start with --).")
     check_flags()
-    import numpy as np
-    import tensorflow as tf
-
-    from tiered_gqn.models import GQN, get_preset
-    from tiered_gqn.training import loop
+    from tiered_gqn.models import get_preset
 
     # An unknown preset or a bad override is a one-line ValueError (exit 2).
-    config = get_preset(FLAGS.config, **common.preset_overrides()).for_machine()
-    b, k, s = config.batch_size, config.context_size, config.image_size
-    rng = np.random.default_rng(0)
-    batch = (
-        (tf.constant(rng.uniform(size=(b, k, s, s, 3)), tf.float32),
-         tf.constant(rng.normal(size=(b, k, config.pose_dim)), tf.float32),
-         tf.constant(rng.normal(size=(b, config.pose_dim)), tf.float32)),
-        tf.constant(rng.uniform(size=(b, s, s, 3)), tf.float32),
-    )
-    model = GQN.from_preset(config)
-    optimizer = config.optimizer()
-    optimizer.build(model.trainable_variables)
-    trainer = loop.Trainer(model, optimizer, tf.distribute.get_strategy(), b, tempfile.mkdtemp(),
-                           jit_compile=config.jit_compile == "on")
-    flop = graph_flops(trainer._train_step.get_concrete_function(batch).graph)
+    config = get_preset(FLAGS.config, **common.preset_overrides()).for_machine().for_dataset(DATASET)
+    batch = synthetic_batch(config)
+    if FLAGS.alternate is not None:
+        print(json.dumps(alternate(config, batch)))
+        return
+    b = config.batch_size
+    trainer, flop = make_trainer(config, batch)
     for _ in range(FLAGS.warmup):
         trainer.train_step(batch)["elbo"].numpy()
     batches = _batches(config) if FLAGS.input_pipeline else None
@@ -191,8 +305,7 @@ def main(argv):
         op_ms, counts = profile.op_times(FLAGS.profile)
         print(profile.report(op_ms, counts), flush=True)
         profile_ms = {name: round(ms, 1) for name, ms in profile.by_category(op_ms).items()}
-    compute = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}
-    probe = peak_probe(compute[config.dtype_policy], FLAGS.probe_steps)
+    probe = peak_probe(_compute_dtype(config), FLAGS.probe_steps)
     gflops = flop / seconds / 1e9
     print(json.dumps({
         "benchmark": "train_step", "config": FLAGS.config, "dtype_policy": config.dtype_policy,

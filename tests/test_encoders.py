@@ -86,6 +86,22 @@ def test_pluggable_aggregator_round_trips():
     assert isinstance(clone.aggregator, MeanAggregator)
 
 
+def test_mean_aggregator_by_name_keeps_r_on_one_scale_for_any_k():
+    rng = np.random.default_rng(3)
+    view = rng.random((2, 1, 32, 32, 3), dtype=np.float32)
+    camera = rng.random((2, 1, 7), dtype=np.float32)
+    rep = encoders.Representation("pool", r_dim=8, aggregator="mean")
+    assert isinstance(rep.aggregator, encoders.MeanAggregator)
+    one = np.asarray(rep(view, camera))
+    # The same view four times gives the same r as once (a sum would give 4 times it).
+    four = np.asarray(rep(np.repeat(view, 4, axis=1), np.repeat(camera, 4, axis=1)))
+    np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-6)
+    clone = encoders.Representation.from_config(rep.get_config())
+    assert isinstance(clone.aggregator, encoders.MeanAggregator)
+    with pytest.raises(ValueError, match="Unknown aggregator 'max'; expected one of: sum, mean"):
+        encoders.Representation("pool", r_dim=8, aggregator="max")
+
+
 @pytest.mark.parametrize("cls", [encoders.Tower, encoders.Pool, encoders.Pyramid])
 def test_encoder_config_round_trip(cls):
     layer = cls(r_dim=24, name="enc")

@@ -20,8 +20,8 @@ from tiered_gqn.training import checkpoints, evaluation
 SM = "shepard_metzler_5_parts"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_SCENES = 6
-K = 3  # the tiny preset's context_size
 IMAGE = 32  # the tiny preset's image_size
+SM_MAX_CONTEXT = 14  # a Shepard-Metzler scene holds 15 views, one is the query
 
 
 def _cli(program, *args, check=True):
@@ -46,31 +46,54 @@ def tiny_run(tmp_path_factory):
 
 # === evaluate ===
 def test_evaluate_writes_every_context_size_and_both_baselines(tiny_run):
-    done = _cli("evaluate", "--model_dir", tiny_run, "--batch_size", 4, "--mean_images", 5)
+    done = _cli("evaluate", "--model_dir", tiny_run, "--batch_size", 4, "--mean_images", 5,
+                "--samples", 2)
     report = json.loads((tiny_run / "eval_test.json").read_text())
     assert report["step"] == 4 and report["sigma"] == pytest.approx(0.7)
     assert report["scenes"] == TEST_SCENES  # a partial last batch is kept
-    assert report["mean_image_count"] == 5
+    assert report["mean_image_count"] == 5 and report["samples"] == 2
     rows = {(r["method"], r["context_size"]): r for r in report["rows"]}
-    sizes = list(range(1, K + 1)) + ["overall"]
+    # Up to the dataset's maximum, not the run's training context_size.
+    assert report["context_sizes"] == list(range(1, SM_MAX_CONTEXT + 1))
+    sizes = report["context_sizes"] + ["overall"]
     assert set(rows) == {(m, k) for m in evaluation.METHODS for k in sizes}
     for (method, k), row in rows.items():
-        assert row["examples"] == (K * TEST_SCENES if k == "overall" else TEST_SCENES)
+        assert row["examples"] == (SM_MAX_CONTEXT * TEST_SCENES if k == "overall" else TEST_SCENES)
         for name in evaluation.METRICS + ("elbo_sem", "mse_sem"):
+            if name == "recon_mse" and method != "gqn":
+                assert row[name] is None  # baselines have no reconstruction (NaN -> null)
+                continue
             assert math.isfinite(row[name]), (method, k, name)
         assert row["elbo"] == pytest.approx(row["nll"] + row["kl"], rel=1e-5)
-        # NLL per subpixel is at least the sanity floor 0.5 ln(2 pi sigma^2).
+        # NLL per subpixel (at the model's resolution) is at least 0.5 ln(2 pi sigma^2).
         floor = 0.5 * math.log(2 * math.pi * 0.7**2) * IMAGE * IMAGE * 3
         assert row["nll"] >= floor and 0 < row["mse"] < 1
+        # Discretised bits per subpixel: the density's bits plus 8.
+        dims = IMAGE * IMAGE * 3
+        assert row["bits_per_dim"] == pytest.approx(row["elbo"] / (dims * math.log(2)) + 8, rel=1e-5)
+        assert row["psnr"] > 0 and row["mean_sample_mse"] <= row["mse"] * (1 + 1e-6)
     for method in ("mean_image", "nearest_view"):
         assert rows[method, 1]["kl"] == 0 and rows[method, 1]["elbo"] == rows[method, 1]["nll"]
+        assert rows[method, 1]["mean_sample_mse"] == rows[method, 1]["mse"]
     # Every context size sees the same scenes and queries.
-    assert rows["mean_image", 1]["mse"] == rows["mean_image", K]["mse"]
+    assert rows["mean_image", 1]["mse"] == rows["mean_image", SM_MAX_CONTEXT]["mse"]
+    summary = report["summary"]
+    assert summary["sample_to_mean_image"] == pytest.approx(
+        rows["gqn", "overall"]["mse"] / rows["mean_image", "overall"]["mse"])
     with open(tiny_run / "eval_test.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and tuple(table[0]) == evaluation.COLUMNS
     assert float(table[0]["elbo"]) == pytest.approx(report["rows"][0]["elbo"], rel=1e-5)
-    assert "overall" in done.stdout and str(tiny_run / "eval_test.json") in done.stdout
+    assert "prior samples" in done.stdout and "prior-sample MSE" in done.stdout
+    assert str(tiny_run / "eval_test.json") in done.stdout
+
+
+def test_evaluate_checks_context_sizes(tiny_run):
+    done = _cli("evaluate", "--model_dir", tiny_run, "--context_sizes", "1,15", check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "evaluate: error: --context_sizes must be between 1 and 14 (shepard_metzler_5_parts's "
+        "maximum), got 1,15.")
 
 
 def test_restore_model_restores_every_variable_and_the_step(tiny_run):

@@ -71,17 +71,102 @@ def test_compute_losses():
     model = GQN.from_preset(TINY)
     batch = make_batch(np.random.default_rng(1))
     losses, outputs = model.compute_losses(batch, 0.7, seed=1, return_outputs=True)
-    assert set(losses) == {"elbo", "nll", "kl", "mse", "elbo_bpd", "nll_bpd", "kl_bpd"}
+    assert set(losses) == {"elbo", "nll", "kl", "mse", "elbo_bpd", "nll_bpd", "kl_bpd", "loss"}
     for value in losses.values():
         assert tuple(value.shape) == (2,) and is_float32(value)
+    # Without a KL warm-up or free bits the training loss is the negative ELBO, to the bit.
+    np.testing.assert_array_equal(np.asarray(losses["loss"]), np.asarray(losses["elbo"]))
     np.testing.assert_allclose(np.asarray(losses["elbo"]), np.asarray(losses["nll"] + losses["kl"]), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(losses["kl"]), np.asarray(outputs["kl"]), rtol=1e-6)
     floor = 0.5 * np.log(2 * np.pi * 0.7**2) * SIZE * SIZE * 3
     assert np.all(np.asarray(losses["nll"]) > floor)
     dims = SIZE * SIZE * 3
     np.testing.assert_allclose(
-        np.asarray(losses["elbo_bpd"]), np.asarray(losses["elbo"]) / (dims * np.log(2)), rtol=1e-5
+        np.asarray(losses["elbo_bpd"]), np.asarray(losses["elbo"]) / (dims * np.log(2)) + 8, rtol=1e-5
     )
+
+
+def test_kl_warmup_and_free_bits_change_the_training_loss_only():
+    batch = make_batch(np.random.default_rng(1))
+    plain = GQN.from_preset(TINY)
+    warm, free, both = (GQN.from_preset(TINY, **options) for options in (
+        dict(kl_warmup_steps=10), dict(free_bits=1e6), dict(kl_warmup_steps=10, free_bits=1e6)))
+    for model in (warm, free, both):
+        model.set_weights(plain.get_weights())
+    expected, outputs = plain.compute_losses(batch, 0.7, seed=1, return_outputs=True)
+    kl_per_step = np.asarray(outputs["kl_per_step"])
+    nll, kl = np.asarray(expected["nll"]), np.asarray(expected["kl"])
+    num_steps = TINY.num_steps
+
+    def losses(model, step=None):
+        got = {name: np.asarray(v) for name, v in model.compute_losses(batch, 0.7, seed=1, step=step).items()}
+        for name in expected:  # the ELBO terms stay the true ones
+            if name != "loss":
+                np.testing.assert_array_equal(got[name], np.asarray(expected[name]), err_msg=name)
+        return got["loss"]
+
+    for step in (None, 0, 7):  # both off: the ELBO whatever the step
+        np.testing.assert_array_equal(losses(plain, step), np.asarray(expected["elbo"]))
+    # Warm-up: beta = step / 10, so at step 0 the loss is the NLL alone, at 10 and later the ELBO.
+    np.testing.assert_array_equal(losses(warm, 0), nll)
+    np.testing.assert_allclose(losses(warm, tf.constant(5, tf.int64)), nll + 0.5 * kl, rtol=1e-6)
+    for step in (10, 50, None):  # None: no step given counts as warmed up
+        np.testing.assert_array_equal(losses(warm, step), np.asarray(expected["elbo"]))
+    # Free bits far above every step's KL: each step counts as exactly free_bits.
+    assert kl_per_step.max() < 1e6 and kl_per_step.shape == (2, num_steps)
+    np.testing.assert_array_equal(losses(free), nll + np.float32(num_steps * 1e6))
+    np.testing.assert_array_equal(losses(both, 0), nll)
+    np.testing.assert_allclose(losses(both, 5), nll + 0.5 * num_steps * 1e6, rtol=1e-6)
+    # Free bits below every step's KL change nothing.
+    below = GQN.from_preset(TINY, free_bits=float(kl_per_step.min()) / 2)
+    below.set_weights(plain.get_weights())
+    np.testing.assert_array_equal(losses(below), np.asarray(expected["elbo"]))
+    # Between: the steps under the threshold count as the threshold.
+    threshold = float(np.median(kl_per_step))
+    middle = GQN.from_preset(TINY, free_bits=threshold)
+    middle.set_weights(plain.get_weights())
+    np.testing.assert_allclose(losses(middle), nll + np.maximum(kl_per_step, threshold).sum(1), rtol=1e-6)
+    assert float(warm.kl_weight(3)) == pytest.approx(0.3) and float(plain.kl_weight(0)) == 1.0
+
+
+def _prior_head_moves(model, train):
+    """Whether one training step changes the prior head (and always the posterior head).
+
+    On a posterior pass the prior head feeds the KL only: with a KL weight of
+    0 it gets a zero gradient, and Adam leaves it as it was.
+    """
+    decoder = model.decoder
+    before = [w.numpy() for w in decoder.prior_head.weights + decoder.posterior_head.weights]
+    train()
+    after = [w.numpy() for w in decoder.prior_head.weights + decoder.posterior_head.weights]
+    moved = [not np.array_equal(a, b) for a, b in zip(before, after)]
+    assert moved[2:] == [True, True]  # the posterior head trains either way
+    assert moved[0] == moved[1], moved
+    return moved[0]
+
+
+@pytest.mark.parametrize("options,moves", [(dict(), True), (dict(kl_warmup_steps=100), False)])
+def test_keras_train_step_descends_the_training_loss(options, moves):
+    model = GQN.from_preset(TINY, **options)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    batch = make_batch(np.random.default_rng(7))
+    assert _prior_head_moves(model, lambda: tf.function(model.train_step)(batch)) == moves
+
+
+def test_training_loop_descends_the_training_loss_at_the_optimizer_step(tmp_path):
+    from tiered_gqn.training import loop
+
+    model = GQN.from_preset(TINY, kl_warmup_steps=100)
+    optimizer = keras.optimizers.Adam(1e-2)
+    optimizer.build(model.trainable_variables)
+    trainer = loop.Trainer(model, optimizer, tf.distribute.get_strategy(), 2, str(tmp_path))
+    (frames, cameras, query), target = make_batch(np.random.default_rng(7))
+    batch = ((tf.constant(frames), tf.constant(cameras), tf.constant(query)), tf.constant(target))
+    # Step 0 of the warm-up: a KL weight of 0. (Without the step, beta would be 1.)
+    assert not _prior_head_moves(model, lambda: trainer.train_step(batch))
+    # Later steps weigh the KL in: the prior head trains.
+    optimizer.iterations.assign(50)
+    assert _prior_head_moves(model, lambda: trainer.train_step(batch))
 
 
 def test_uint8_frames_give_the_float_frames_results():
@@ -143,8 +228,11 @@ def test_gradients_reach_every_trainable_variable(shared):
     assert [path for path, g in grads.items() if not np.any(g.numpy())] == []  # the kernel as a whole
 
 
+NEW_OPTIONS = dict(query_channels=3, float32_cell=False, kl_warmup_steps=7, free_bits=2.5)
+
+
 def test_save_and_load_give_identical_outputs(tmp_path):
-    model = GQN.from_preset(TINY, encoder="tower")
+    model = GQN.from_preset(TINY, encoder="tower", **NEW_OPTIONS)
     frames, cameras, query, target = flat(make_batch(np.random.default_rng(3)))
     expected = model((frames, cameras, query, target), seed=11)
     expected_prior = model.generate(frames, cameras, query, seed=12)
@@ -156,8 +244,9 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     assert json.dumps(loaded.get_config()) == json.dumps(model.get_config())
     weights_path = os.path.join(tmp_path, "gqn.weights.h5")
     model.save_weights(weights_path)
-    rebuilt = GQN.from_preset(TINY, encoder="tower")
+    rebuilt = GQN.from_preset(TINY, encoder="tower", **NEW_OPTIONS)
     rebuilt.load_weights(weights_path)
+    assert {k: loaded.get_config()[k] for k in NEW_OPTIONS} == NEW_OPTIONS
 
     for other in (loaded, rebuilt):
         out = other((frames, cameras, query, target), seed=11)
@@ -166,6 +255,29 @@ def test_save_and_load_give_identical_outputs(tmp_path):
         np.testing.assert_array_equal(
             np.asarray(other.generate(frames, cameras, query, seed=12)), np.asarray(expected_prior)
         )
+
+
+def test_a_gqn_saved_before_the_new_arguments_keeps_its_shapes():
+    # A .keras config of before query_channels, float32_cell and the KL options.
+    new_keys = ("query_channels", "float32_cell", "kl_warmup_steps", "free_bits")
+    explicit = GQN.from_preset(TINY, h_dim=12, query_channels=12)
+    old_config = {k: v for k, v in explicit.get_config().items() if k not in new_keys}
+    old = GQN.from_config(old_config)
+    kwargs = {k: v for k, v in TINY.replace(h_dim=12).model_kwargs().items() if k not in new_keys}
+    for model in (old, GQN(**kwargs)):
+        assert model.query_channels == model.decoder.query_channels == 12  # h_dim, as before
+        assert tuple(model.decoder.image_downsample.kernel.shape) == (4, 4, 3, 12)
+        assert (model.float32_cell, model.kl_warmup_steps, model.free_bits) == (True, 0, 0.0)
+        assert [tuple(w.shape) for w in model.weights] == [tuple(w.shape) for w in explicit.weights]
+    old.set_weights(explicit.get_weights())
+    batch = make_batch(np.random.default_rng(8))
+    np.testing.assert_array_equal(np.asarray(old.compute_losses(batch, 0.7, seed=1)["elbo"]),
+                                  np.asarray(explicit.compute_losses(batch, 0.7, seed=1)["elbo"]))
+    for bad, message in ((dict(kl_warmup_steps=-1), "kl_warmup_steps must be an int >= 0, got -1."),
+                         (dict(free_bits=-0.5), "free_bits must be a finite number >= 0, got -0.5."),
+                         (dict(query_channels=0), "query_channels must be a positive int, got 0.")):
+        with pytest.raises(ValueError, match=message):
+            GQN(**{**kwargs, **bad})
 
 
 def smooth_batch(rng, batch=4, views=2):
@@ -356,6 +468,12 @@ def test_paper_preset_is_design_section_3():
     assert (paper.lr_initial, paper.lr_final, paper.lr_steps) == (5e-4, 5e-5, 1_600_000)
     assert (paper.sigma_initial, paper.sigma_final, paper.sigma_steps) == (2.0, 0.7, 200_000)
     assert (paper.adam_beta1, paper.adam_beta2, paper.adam_epsilon, paper.max_steps) == (0.9, 0.999, 1e-8, 2_000_000)
+    # The query image downsampled to 3 channels; each dataset's largest context; no KL levers.
+    assert (paper.query_channels, paper.context_size) == (3, 0)
+    assert (paper.kl_warmup_steps, paper.free_bits, paper.float32_cell) == (0, 0.0, True)
+    contexts = {name: paper.for_dataset(name).context_size
+                for name in ("shepard_metzler_5_parts", "rooms_ring_camera", "jaco", "mazes")}
+    assert contexts == {"shepard_metzler_5_parts": 14, "rooms_ring_camera": 5, "jaco": 7, "mazes": 20}
     bench = get_preset("bench36")
     assert (bench.batch_size, bench.num_steps, bench.z_dim, bench.shared_cores) == (36, 12, 64, True)
 
@@ -403,11 +521,12 @@ def _decoder_params(config):
     """Weights of the ConvDRAW decoder, counted from the design: L core pairs (or one when shared)."""
     k2, h, z, r, pose, canvas, s = (config.kernel_size**2, config.h_dim, config.z_dim, config.r_dim,
                                     config.pose_dim, config.canvas_dim, 4)
+    q = config.query_channels
     generator = k2 * (r + pose + z + h) * 4 * h + 4 * h  # gates over [r, camera, z, h_g]
-    inference = k2 * (h + r + pose + 3 * h) * 4 * h + 4 * h  # [x down, r, camera, canvas, h_g, h_e]
+    inference = k2 * (q + r + pose + 3 * h) * 4 * h + 4 * h  # [x down, r, camera, canvas, h_g, h_e]
     cores = 1 if config.shared_cores else config.num_steps
     return (cores * (generator + inference)
-            + (s * s * 3 * h + h) + (s * s * canvas * h + h)  # image and canvas downsampling
+            + (s * s * 3 * q + q) + (s * s * canvas * h + h)  # image and canvas downsampling
             + (s * s * h * canvas + canvas)  # canvas upsampling
             + 2 * (k2 * h * 2 * z + 2 * z)  # prior and posterior heads
             + (canvas * 3 + 3))  # observation head
@@ -435,9 +554,14 @@ def test_every_preset_is_valid():
         side = size // 4 if config.encoder == "tower" else 1
         assert tuple(r.shape) == (1, side, side, config.r_dim), name
         # Every preset trains on the default Shepard-Metzler data: a query view is left over.
-        assert config.context_size <= datasets.get_info("shepard_metzler_5_parts").max_context, name
+        for_data = config.for_dataset("shepard_metzler_5_parts")
+        assert 0 < for_data.context_size <= datasets.get_info("shepard_metzler_5_parts").max_context, name
+        # Only paper downsamples the query image below h_dim (the others as they were tuned).
+        assert config.query_channels == (3 if name == "paper" else config.h_dim), name
     paper = get_preset("paper")
-    assert _tower_params(256, 7) + _decoder_params(paper) == 182_102_671
+    # 182,102,671 with the query image at h_dim channels; see
+    # test_paper_query_image_is_downsampled_to_3_channels for the difference.
+    assert _tower_params(256, 7) + _decoder_params(paper) == 162_896_546
     # bench36 is bench8 with batch 36 and L 12, nothing else.
     bench8, bench36 = get_preset("bench8"), get_preset("bench36")
     assert bench36 == bench8.replace(batch_size=36, num_steps=12)
@@ -448,3 +572,23 @@ def test_every_preset_is_valid():
     tiny = get_preset("tiny")
     assert (tiny.dtype_policy, tiny.jit_compile, tiny.image_size, tiny.num_steps) == ("float32", "off", 32, 2)
     assert GQN.from_preset(tiny).count_params() == 159_195
+
+
+def test_paper_query_image_is_downsampled_to_3_channels():
+    paper = get_preset("paper")
+    k, h, s, q = paper.kernel_size, paper.h_dim, 4, paper.query_channels
+    # One step (one core pair) each way: the weights the query image's channels cost.
+    new, old = (GQN.from_preset(paper, num_steps=1, query_channels=c) for c in (q, h))
+    assert q == 3 and tuple(new.decoder.image_downsample.kernel.shape) == (s, s, 3, q)
+    assert tuple(old.decoder.image_downsample.kernel.shape) == (s, s, 3, h)
+    # The inference core's constants are [query image, r, camera]; its gates are 4 h wide.
+    rows = [m.decoder.inference_cores[0].constant_kernel.shape for m in (new, old)]
+    assert [tuple(shape) for shape in rows] == [(k, k, q + paper.r_dim + 7, 4 * h),
+                                                 (k, k, h + paper.r_dim + 7, 4 * h)]
+    per_core = k * k * (h - q) * 4 * h  # the image's rows of one inference core's constant kernel
+    downsample = s * s * 3 * (h - q) + (h - q)  # the 4x4/4 conv's kernel and bias
+    assert old.count_params() - new.count_params() == per_core + downsample
+    # The paper's 12 unshared inference cores: 182.1M weights become 162.9M.
+    assert paper.num_steps * per_core + downsample == 19_206_125
+    assert _tower_params(256, 7) + _decoder_params(paper) == 182_102_671 - 19_206_125
+    assert _tower_params(256, 7) + _decoder_params(paper.replace(query_channels=h)) == 182_102_671

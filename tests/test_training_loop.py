@@ -23,10 +23,10 @@ STAND_IN = textwrap.dedent('''
         def pixel_sigma(self, step):
             return tf.constant(1.0)
 
-        def compute_losses(self, batch, sigma, training=True, seed=None):
+        def compute_losses(self, batch, sigma, training=True, seed=None, step=None):
             (frames, cameras, query), target = batch
             error = tf.reduce_sum(tf.square(self.dense(query) - target[:, 0, 0]), axis=1)
-            return {name: error for name in loop.METRICS}
+            return {name: error for name in loop.LOSS_TERMS + ("loss",)}
 
     def run(strategy, model_dir, jit_compile=False):
         with strategy.scope():

@@ -68,3 +68,14 @@ def save_gif(path, frames, seconds_per_frame=0.1, scale=2):
         tf.io.gfile.makedirs(parent)
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(buffer.getvalue())
+
+
+def resize(images, size, method="bilinear"):
+    """Images [..., H, W, 3] resized to `size` x `size` (unchanged when already so), float32."""
+    images = np.asarray(images, np.float32)
+    if images.shape[-2] == size:
+        return images
+    lead = images.shape[:-3]
+    flat = images.reshape((-1,) + images.shape[-3:])
+    resized = tf.image.resize(flat, (size, size), method=method, antialias=method == "area")
+    return np.clip(resized.numpy(), 0.0, 1.0).reshape(lead + (size, size, 3))

@@ -14,6 +14,8 @@ FLAGS = flags.FLAGS
 
 MIXED_PRECISION = {"auto": "auto", "none": "float32", "bf16": "mixed_bfloat16",
                    "fp16": "mixed_float16"}
+# The preset that the trainers and benchmarks.quality default to.
+DEFAULT_PRESET = "small"
 # GQNConfig fields set through other flags.
 _NOT_OVERRIDES = ("dtype_policy",)
 
@@ -36,7 +38,7 @@ def _field_help():
     return helps
 
 
-def define_preset_flags(default_preset="small"):
+def define_preset_flags(default_preset=DEFAULT_PRESET):
     """Defines --preset (unless `default_preset` is None) and one override flag per GQNConfig field."""
     if default_preset is not None:
         flags.DEFINE_enum("preset", default_preset, sorted(presets.PRESETS),
@@ -133,7 +135,7 @@ def run_config(saved, dataset, model_dir):
     """
     overrides = preset_overrides()
     if saved is None:
-        return presets.get_preset(FLAGS.preset, **overrides).for_machine(), []
+        return presets.get_preset(FLAGS.preset, **overrides).for_dataset(dataset).for_machine(), []
     before, where = saved["config"], model_dir
     if FLAGS["preset"].present and FLAGS.preset != saved.get("preset", FLAGS.preset):
         cli.fail(f"--preset {FLAGS.preset}: {where} holds a {saved['preset']} run; resume it "
@@ -143,7 +145,7 @@ def run_config(saved, dataset, model_dir):
                  f"--dataset {saved['dataset']} or choose a new --model_dir.")
     if "dtype_policy" in overrides and "conv_algorithm" not in overrides:
         overrides["conv_algorithm"] = "auto"  # chosen again for the new precision
-    config = before.replace(**overrides).for_machine()
+    config = before.replace(**overrides).for_dataset(dataset).for_machine()
     if "mixed_float16" in (config.dtype_policy, before.dtype_policy) and (
             config.dtype_policy != before.dtype_policy):
         cli.fail(f"--mixed_precision: {where} was trained in {before.dtype_policy}; it cannot resume "

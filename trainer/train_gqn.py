@@ -34,7 +34,7 @@ flags.DEFINE_integer("log_every", 10, "Steps between TensorBoard scalars.", lowe
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"],
                   "tf.distribute strategy: auto picks mirrored when there are several GPUs.")
 common.define_run_flags()
-common.define_preset_flags(default_preset="small")
+common.define_preset_flags()
 flags.adopt_module_key_flags(common)
 
 
@@ -162,8 +162,10 @@ def main(argv):
     with interrupts.deferred():
         checkpoints.save_model(model, model_path)
     print(
-        f"\nDone: step {trainer.step} in {elapsed:.0f} s this run. Test elbo {final.get('elbo', float('nan')):.1f} "
-        f"nats/image, mse {final.get('mse', float('nan')):.5f}; {trainer.nonfinite_steps} non-finite "
+        f"\nDone: step {trainer.step} in {elapsed:.0f} s this run. Test -ELBO "
+        f"{final.get('elbo', float('nan')):.1f} nats/image, KL {final.get('kl', float('nan')):.2f}; "
+        f"MSE of a prior sample (a novel view) {final.get('sample_mse', float('nan')):.5f}, of the "
+        f"reconstruction (posterior) {final.get('recon_mse', float('nan')):.5f}; {trainer.nonfinite_steps} non-finite "
         f"steps skipped, {int(data.skipped_records.numpy())} corrupt records skipped this run.\n"
         f"  checkpoints: {os.path.join(model_dir, checkpoints.CHECKPOINTS)}\n"
         f"  summaries:   tensorboard --logdir {writer.log_dir}\n"

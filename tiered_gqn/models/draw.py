@@ -56,16 +56,27 @@ class ConvLSTMCell(keras.layers.Layer):
 
     Both paths give the same result up to float rounding.
 
+    With `float32_cell` the gate nonlinearities and the cell state c are
+    computed in float32 whatever the compute dtype (c is returned float32 and
+    read back as such), and only h is cast to the compute dtype: under
+    mixed_bfloat16 the cell then keeps its sum over steps at float32 precision
+    instead of rounding it to 8 significant bits at every step.
+
     Args:
         hidden_dim: int. Channels of the hidden and cell states.
         kernel_size: int. Gate conv kernel size (paper: 5).
         forget_bias: float. Added to the forget gate's pre-activation.
         conv_algorithm: "direct" or "winograd" (float32 only): how the gate
             conv is computed. Same weights either way.
+        float32_cell: bool. Compute the cell state c (and the gate
+            nonlinearities) in float32 under a mixed-precision policy; h is
+            returned in the compute dtype either way. False: everything in the
+            compute dtype. No effect in float32.
         **kwargs: base layer arguments (name, dtype, ...).
     """
 
-    def __init__(self, hidden_dim, kernel_size=5, forget_bias=1.0, conv_algorithm="direct", **kwargs):
+    def __init__(self, hidden_dim, kernel_size=5, forget_bias=1.0, conv_algorithm="direct",
+                 float32_cell=True, **kwargs):
         super().__init__(**kwargs)
         check_conv_algorithm(conv_algorithm)
         # === Config ===
@@ -73,6 +84,12 @@ class ConvLSTMCell(keras.layers.Layer):
         self.kernel_size = kernel_size
         self.forget_bias = forget_bias
         self.conv_algorithm = conv_algorithm
+        self.float32_cell = float32_cell
+        # The cell casts what it reads itself (inputs in `_concat`, the cell in
+        # `_update`, weights in `_prepare` and `precompute`): Keras's autocast
+        # of every floating input to the compute dtype would round a float32
+        # cell state to bfloat16 on the way in.
+        self.autocast = False
 
     def build(self, constants_shape, step_inputs_shape, state_shape=None):
         k, gates = self.kernel_size, 4 * self.hidden_dim
@@ -110,14 +127,22 @@ class ConvLSTMCell(keras.layers.Layer):
             return winograd.conv(inputs, prepared, self.kernel_size)
         return ops.conv(inputs, prepared, padding="same")
 
+    @property
+    def cell_dtype(self):
+        """dtype of the cell state c: float32 with `float32_cell`, else the compute dtype."""
+        return "float32" if self.float32_cell else self.compute_dtype
+
     def _update(self, gates, cell):
-        i, f, g, o = ops.split(gates, 4, axis=-1)
+        """(h in the compute dtype, c in `cell_dtype`) from the gate pre-activations."""
+        dtype = self.cell_dtype
+        i, f, g, o = ops.split(ops.cast(gates, dtype), 4, axis=-1)
         cell_input = ops.sigmoid(i) * ops.tanh(g)
         if cell is not None:
-            cell = ops.sigmoid(f + self.forget_bias) * cell + cell_input
+            cell = ops.sigmoid(f + self.forget_bias) * ops.cast(cell, dtype) + cell_input
         else:
             cell = cell_input
-        return ops.sigmoid(o) * ops.tanh(cell), cell
+        hidden = ops.sigmoid(o) * ops.tanh(cell)
+        return ops.cast(hidden, self.compute_dtype), cell
 
     def precompute(self, constants):
         """The constants' share of the gates (bias included) and the prepared step kernel.
@@ -163,7 +188,7 @@ class ConvLSTMCell(keras.layers.Layer):
         kernel = ops.concatenate(kernels, axis=2) if len(kernels) > 1 else kernels[0]
         inputs = self._concat(list(constants) + list(step_inputs) + [hidden])
         gates = self._conv(inputs, self._prepare(kernel)) + ops.cast(self.bias, self.compute_dtype)
-        return self._update(gates, ops.cast(cell, self.compute_dtype))
+        return self._update(gates, cell)
 
     def get_config(self):
         config = super().get_config()
@@ -173,6 +198,7 @@ class ConvLSTMCell(keras.layers.Layer):
                 "kernel_size": self.kernel_size,
                 "forget_bias": self.forget_bias,
                 "conv_algorithm": self.conv_algorithm,
+                "float32_cell": self.float32_cell,
             }
         )
         return config
@@ -208,6 +234,13 @@ class ConvDRAW(keras.layers.Layer):
             instead of storing them: less memory, about one more forward pass.
         conv_algorithm: "direct" or "winograd" (float32 only): how the gate
             convs and the prior and posterior heads are computed.
+        query_channels: int or None. Channels of the query image after its
+            conv 4x4/4 (`image_downsample`), the inference core's view of it
+            (the paper-faithful ports: 3). None: `h_dim`, what ConvDRAW
+            built before this argument existed (so older saved models keep
+            their shapes).
+        float32_cell: bool. Keep the ConvLSTM cell states in float32 under a
+            mixed-precision policy (see `ConvLSTMCell`).
         image_channels: int. Channels of the images.
         seed: int or None. Seed of the latent sampling.
         **kwargs: base layer arguments (name, dtype, ...).
@@ -227,6 +260,8 @@ class ConvDRAW(keras.layers.Layer):
         fold_canvas=True,
         remat=False,
         conv_algorithm="direct",
+        query_channels=None,
+        float32_cell=True,
         image_channels=3,
         seed=None,
         **kwargs,
@@ -239,6 +274,10 @@ class ConvDRAW(keras.layers.Layer):
             )
         if image_size % scale:
             raise ValueError(f"image_size {image_size} is not a multiple of scale {scale}.")
+        if query_channels is None:
+            query_channels = h_dim
+        if isinstance(query_channels, bool) or not isinstance(query_channels, int) or query_channels <= 0:
+            raise ValueError(f"query_channels must be a positive int, got {query_channels!r}.")
         # === Config ===
         self.image_size = image_size
         self.num_steps = num_steps
@@ -252,6 +291,8 @@ class ConvDRAW(keras.layers.Layer):
         self.fold_canvas = fold_canvas
         self.remat = remat
         self.conv_algorithm = conv_algorithm
+        self.query_channels = query_channels
+        self.float32_cell = float32_cell
         self.image_channels = image_channels
         self.seed = seed
         self.hidden_size = image_size // scale
@@ -260,17 +301,17 @@ class ConvDRAW(keras.layers.Layer):
         dtype = self.dtype_policy
         num_cores = 1 if shared_cores else num_steps
         self.generator_cores = [
-            ConvLSTMCell(h_dim, kernel_size, conv_algorithm=conv_algorithm, dtype=dtype,
-                         name=f"generator_core_{i}")
+            ConvLSTMCell(h_dim, kernel_size, conv_algorithm=conv_algorithm,
+                         float32_cell=float32_cell, dtype=dtype, name=f"generator_core_{i}")
             for i in range(num_cores)
         ]
         self.inference_cores = [
-            ConvLSTMCell(h_dim, kernel_size, conv_algorithm=conv_algorithm, dtype=dtype,
-                         name=f"inference_core_{i}")
+            ConvLSTMCell(h_dim, kernel_size, conv_algorithm=conv_algorithm,
+                         float32_cell=float32_cell, dtype=dtype, name=f"inference_core_{i}")
             for i in range(num_cores)
         ]
         self.image_downsample = keras.layers.Conv2D(
-            h_dim, scale, strides=scale, dtype=dtype, name="image_downsample"
+            query_channels, scale, strides=scale, dtype=dtype, name="image_downsample"
         )
         self.canvas_downsample = keras.layers.Conv2D(
             h_dim, scale, strides=scale, dtype=dtype, name="canvas_downsample"
@@ -297,6 +338,7 @@ class ConvDRAW(keras.layers.Layer):
                 f"got {r_shape[1]}x{r_shape[2]}."
             )
         hidden = (batch, size, size, self.h_dim)
+        query = (batch, size, size, self.query_channels)
         r = (batch, size, size, r_shape[-1])
         camera = (batch, size, size, query_camera_shape[-1])
         image = (batch, self.image_size, self.image_size, self.image_channels)
@@ -304,7 +346,7 @@ class ConvDRAW(keras.layers.Layer):
         for core in self.generator_cores:
             core.build([r, camera], [(batch, size, size, self.z_dim)])
         for core in self.inference_cores:
-            core.build([hidden, r, camera], [hidden, hidden])
+            core.build([query, r, camera], [hidden, hidden])
         self.image_downsample.build(image)
         self.canvas_downsample.build(canvas)
         self.canvas_upsample.build(hidden)
@@ -540,6 +582,8 @@ class ConvDRAW(keras.layers.Layer):
                 "fold_canvas": self.fold_canvas,
                 "remat": self.remat,
                 "conv_algorithm": self.conv_algorithm,
+                "query_channels": self.query_channels,
+                "float32_cell": self.float32_cell,
                 "image_channels": self.image_channels,
                 "seed": self.seed,
             }

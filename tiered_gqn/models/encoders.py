@@ -208,6 +208,36 @@ class SumAggregator(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")
+class MeanAggregator(SumAggregator):
+    """Averages view embeddings over the K context views: r keeps its scale
+    whatever K is (the paper sums).
+
+    Args:
+        **kwargs: base layer arguments (name, dtype, ...).
+    """
+
+    def call(self, view_embeddings, cameras):
+        return ops.mean(view_embeddings, axis=1)
+
+
+AGGREGATORS = {"sum": SumAggregator, "mean": MeanAggregator}
+
+
+def get_aggregator(aggregator, **kwargs):
+    """An aggregator layer from a name in AGGREGATORS, a layer, a serialized config or None (sum)."""
+    if aggregator is None:
+        aggregator = "sum"
+    if isinstance(aggregator, dict):
+        return keras.saving.deserialize_keras_object(aggregator)
+    if isinstance(aggregator, str):
+        if aggregator not in AGGREGATORS:
+            raise ValueError(f"Unknown aggregator {aggregator!r}; expected one of: "
+                             f"{', '.join(AGGREGATORS)}.")
+        return AGGREGATORS[aggregator](**kwargs)
+    return aggregator
+
+
+@keras.saving.register_keras_serializable(package="tiered_gqn")
 class Representation(keras.layers.Layer):
     """Scene representation r from K context views: encode each view, then aggregate.
 
@@ -218,23 +248,22 @@ class Representation(keras.layers.Layer):
     Args:
         encoder: str. "tower", "pool" or "pyramid".
         r_dim: int. Channels of r.
-        aggregator: `None` (a `SumAggregator`), or a layer (or its serialized
-            config) with the aggregator call signature
+        aggregator: `None` (a `SumAggregator`), a name in `AGGREGATORS`
+            ("sum", "mean"), or a layer (or its serialized config) with the
+            aggregator call signature
             `(view_embeddings [B, K, h, w, c], cameras [B, K, P]) -> r`.
         **kwargs: base layer arguments (name, dtype, ...).
     """
 
     def __init__(self, encoder="tower", r_dim=256, aggregator=None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(aggregator, dict):
-            aggregator = keras.saving.deserialize_keras_object(aggregator)
         # === Config ===
         self.encoder_name = encoder
         self.r_dim = r_dim
 
         # === Layers ===
         self.encoder = get_encoder(encoder, r_dim, dtype=self.dtype_policy, name="encoder")
-        self.aggregator = aggregator or SumAggregator(dtype=self.dtype_policy, name="aggregator")
+        self.aggregator = get_aggregator(aggregator, dtype=self.dtype_policy, name="aggregator")
 
     def build(self, context_frames_shape, context_cameras_shape):
         b, k = context_frames_shape[:2]

@@ -30,8 +30,10 @@ class GQN(keras.Model):
     [B, H, W, 3], "kl" [B] and "kl_per_step" [B, L], all float32.
 
     The model is built on construction. `compile(optimizer=...)` then
-    `fit(dataset)` trains it on the negative ELBO, with the pixel sigma
-    annealed by the optimizer's iteration count.
+    `fit(dataset)` trains it on the negative ELBO (or, with `kl_warmup_steps`
+    or `free_bits`, on the objective `compute_losses` returns as "loss"),
+    with the pixel sigma and the KL weight annealed by the optimizer's
+    iteration count.
 
     Args:
         encoder: str. "tower", "pool" or "pyramid".
@@ -50,11 +52,20 @@ class GQN(keras.Model):
         conv_algorithm: "direct", "winograd" (float32 only) or "auto"
             (Winograd for float32 on a CPU): how the ConvDRAW gate and head
             convs are computed.
+        query_channels: int or None. Channels of the downsampled query image
+            the inference core reads (the paper-faithful ports: 3). None:
+            `h_dim`, the shape of models saved before this argument existed.
+        float32_cell: bool. Keep the ConvLSTM cell states in float32 under a
+            mixed-precision policy.
         sigma_initial: float. Pixel sigma at step 0.
         sigma_final: float. Pixel sigma from `sigma_steps` on.
         sigma_steps: int. Length of the sigma annealing.
+        kl_warmup_steps: int. Optimizer steps over which the KL weight of the
+            training loss rises linearly from 0 to 1; 0: weight 1 throughout.
+        free_bits: float. Nats: each DRAW step's KL counts in the training
+            loss as max(KL of the step, free_bits); 0: off.
         seed: int or None. Seed of the latent sampling.
-        aggregator: None (sum over views) or an aggregator layer (or its
+        aggregator: None (sum over views), "sum", "mean", or an aggregator layer (or its
             serialized config); see `Representation`.
         **kwargs: base model arguments (name, dtype, ...).
     """
@@ -75,14 +86,22 @@ class GQN(keras.Model):
         fold_canvas=True,
         remat=False,
         conv_algorithm="auto",
+        query_channels=None,
+        float32_cell=True,
         sigma_initial=2.0,
         sigma_final=0.7,
         sigma_steps=200_000,
+        kl_warmup_steps=0,
+        free_bits=0.0,
         seed=None,
         aggregator=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(kl_warmup_steps, bool) or not isinstance(kl_warmup_steps, int) or kl_warmup_steps < 0:
+            raise ValueError(f"kl_warmup_steps must be an int >= 0, got {kl_warmup_steps!r}.")
+        if not 0 <= free_bits < float("inf"):
+            raise ValueError(f"free_bits must be a finite number >= 0, got {free_bits!r}.")
         # === Config ===
         self.encoder = encoder
         self.r_dim = r_dim
@@ -100,9 +119,13 @@ class GQN(keras.Model):
         if conv_algorithm == "auto":
             conv_algorithm = machine.conv_algorithm(self.dtype_policy.name, kernel_size)
         self.conv_algorithm = conv_algorithm
+        self.query_channels = h_dim if query_channels is None else query_channels
+        self.float32_cell = float32_cell
         self.sigma_initial = sigma_initial
         self.sigma_final = sigma_final
         self.sigma_steps = sigma_steps
+        self.kl_warmup_steps = kl_warmup_steps
+        self.free_bits = float(free_bits)
         self.seed = seed
 
         # === Layers ===
@@ -122,6 +145,8 @@ class GQN(keras.Model):
             fold_canvas=fold_canvas,
             remat=remat,
             conv_algorithm=conv_algorithm,
+            query_channels=self.query_channels,
+            float32_cell=float32_cell,
             seed=seed,
             dtype=dtype,
             name="decoder",
@@ -190,8 +215,30 @@ class GQN(keras.Model):
         """Annealed pixel standard deviation at `step` (float32 scalar)."""
         return annealed(step, self.sigma_initial, self.sigma_final, self.sigma_steps)
 
-    def compute_losses(self, batch, sigma, training=True, seed=None, return_outputs=False):
-        """Per-example float32 terms of the negative ELBO for a reader batch.
+    def kl_weight(self, step=None):
+        """The KL weight beta of the training loss at optimizer `step` (float32 scalar).
+
+        min(step / kl_warmup_steps, 1); 1 without a warm-up or a step.
+        """
+        if not self.kl_warmup_steps or step is None:
+            return ops.ones((), "float32")
+        return ops.minimum(ops.cast(step, "float32") / float(self.kl_warmup_steps), 1.0)
+
+    def training_loss(self, nll, kl, kl_per_step, step=None):
+        """The training objective [B]: nll + beta * sum_l max(kl_per_step[:, l], free_bits).
+
+        With neither a warm-up nor free bits it is `nll + kl`, the negative ELBO.
+        """
+        if not self.kl_warmup_steps and not self.free_bits:
+            return nll + kl
+        if self.free_bits:
+            kl = ops.sum(ops.maximum(kl_per_step, self.free_bits), axis=1)
+        if self.kl_warmup_steps:
+            kl = self.kl_weight(step) * kl
+        return nll + kl
+
+    def compute_losses(self, batch, sigma, training=True, seed=None, return_outputs=False, step=None):
+        """Per-example float32 terms of the negative ELBO, and the training loss, for a reader batch.
 
         Args:
             batch: `((context_frames, context_cameras, query_camera), target_frame)`.
@@ -200,12 +247,18 @@ class GQN(keras.Model):
             training: passed to the layers.
             seed: optional int for reproducible latent samples.
             return_outputs: also return the model's output dict.
+            step: the optimizer step (int or scalar tensor), for the KL
+                warm-up of "loss"; None counts as the end of the warm-up.
 
         Returns:
             Dict of [B] float32 tensors: "elbo" (negative ELBO = nll + kl,
-            nats), "nll", "kl", "mse" (mean over subpixels), and "elbo_bpd",
-            "nll_bpd", "kl_bpd" (bits per subpixel). With `return_outputs`,
-            a pair (that dict, the model's output dict).
+            nats), "nll", "kl", "mse" (mean over subpixels), "elbo_bpd",
+            "nll_bpd" (bits per subpixel of the 8-bit image, with the 8 bits
+            of its discretisation), "kl_bpd" (KL bits per subpixel), and "loss": the training
+            objective (`training_loss`: the KL weighted by the warm-up and
+            with free bits; equal to "elbo" when both are off). Every other
+            term is the true negative ELBO's. With `return_outputs`, a pair
+            (that dict, the model's output dict).
         """
         (context_frames, context_cameras, query_camera), target_frame = batch
         inputs = (context_frames, context_cameras, query_camera, target_frame)
@@ -214,6 +267,7 @@ class GQN(keras.Model):
         nll = elbo_lib.gaussian_nll(target_frame, outputs["mean"], sigma)
         kl = outputs["kl"]
         elbo = nll + kl
+        loss = self.training_loss(nll, kl, outputs["kl_per_step"], step)
         num_dims = 1
         for dim in target_frame.shape[1:]:
             num_dims *= int(dim)
@@ -222,9 +276,10 @@ class GQN(keras.Model):
             "nll": nll,
             "kl": kl,
             "mse": elbo_lib.squared_error(target_frame, outputs["mean"]),
-            "elbo_bpd": elbo_lib.bits_per_dim(elbo, num_dims),
-            "nll_bpd": elbo_lib.bits_per_dim(nll, num_dims),
+            "elbo_bpd": elbo_lib.discretised_bits_per_dim(elbo, num_dims),
+            "nll_bpd": elbo_lib.discretised_bits_per_dim(nll, num_dims),
             "kl_bpd": elbo_lib.bits_per_dim(kl, num_dims),
+            "loss": loss,
         }
         return (losses, outputs) if return_outputs else losses
 
@@ -246,9 +301,9 @@ class GQN(keras.Model):
     def train_step(self, data):
         sigma = self._current_sigma()
         with tf.GradientTape() as tape:
-            losses = self.compute_losses(data, sigma, training=True)
+            losses = self.compute_losses(data, sigma, training=True, step=self.optimizer.iterations)
             # Mean over the global batch: gradients are summed over replicas.
-            loss = tf.nn.compute_average_loss(losses["elbo"])
+            loss = tf.nn.compute_average_loss(losses["loss"])
             scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
@@ -279,9 +334,13 @@ class GQN(keras.Model):
                 "fold_canvas": self.fold_canvas,
                 "remat": self.remat,
                 "conv_algorithm": self.conv_algorithm,
+                "query_channels": self.query_channels,
+                "float32_cell": self.float32_cell,
                 "sigma_initial": self.sigma_initial,
                 "sigma_final": self.sigma_final,
                 "sigma_steps": self.sigma_steps,
+                "kl_warmup_steps": self.kl_warmup_steps,
+                "free_bits": self.free_bits,
                 "seed": self.seed,
                 "aggregator": keras.saving.serialize_keras_object(self.representation.aggregator),
             }

@@ -10,6 +10,7 @@ import math
 import typing
 
 ENCODERS = ("tower", "pool", "pyramid")
+AGGREGATORS = ("sum", "mean")
 DTYPE_POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_COMPILE = ("auto", "on", "off")
 CONV_ALGORITHMS = ("auto", "direct", "winograd")
@@ -17,6 +18,7 @@ CONV_ALGORITHMS = ("auto", "direct", "winograd")
 # Fields passed to `GQN(...)`; the rest only concern training.
 MODEL_FIELDS = (
     "encoder",
+    "aggregator",
     "r_dim",
     "h_dim",
     "z_dim",
@@ -30,14 +32,18 @@ MODEL_FIELDS = (
     "fold_canvas",
     "remat",
     "conv_algorithm",
+    "query_channels",
+    "float32_cell",
     "sigma_initial",
     "sigma_final",
     "sigma_steps",
+    "kl_warmup_steps",
+    "free_bits",
     "seed",
 )
-# Model fields that change how the model computes, not its weights or what it
-# computes: a run may resume with other values of these.
-COMPUTE_FIELDS = ("hoist", "fold_canvas", "remat", "conv_algorithm")
+# Model fields that change how the model computes (its numerics at most), not
+# its weights or what it computes: a run may resume with other values of these.
+COMPUTE_FIELDS = ("hoist", "fold_canvas", "remat", "conv_algorithm", "float32_cell")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,8 @@ class GQNConfig:
 
     Args:
         encoder: "tower" (r is image/4 square), "pool" or "pyramid" (r is 1x1).
+        aggregator: how the context views' embeddings become r: "sum" (the
+            paper) or "mean" (r keeps its scale whatever the context size).
         r_dim: channels of the representation r.
         h_dim: hidden channels of the ConvLSTM cores (at image/4).
         z_dim: channels of the latent z per step.
@@ -65,8 +73,16 @@ class GQNConfig:
         conv_algorithm: "direct", "winograd" (float32 only: the ConvDRAW
             gate and head convs as Winograd F(4x4, 5x5), 64 products per
             4x4 output tile instead of 400) or "auto": Winograd for float32 on a CPU.
+        query_channels: channels of the query image after its conv 4x4/4,
+            the inference core's view of it (the paper-faithful ports: 3).
+            A run saved before this field existed used h_dim: `from_dict`
+            gives h_dim when the key is missing.
+        float32_cell: keep the ConvLSTM cell states (and the gate
+            nonlinearities) in float32 under mixed precision; h stays in the
+            compute dtype. Numerics only: a run may resume with either value.
         batch_size: global batch size (scenes per step over all replicas).
-        context_size: largest number of context views.
+        context_size: largest number of context views; 0: the dataset's
+            maximum (`for_dataset` resolves it).
         max_steps: training steps.
         lr_initial: Adam learning rate at step 0.
         lr_final: Adam learning rate from `lr_steps` on.
@@ -74,6 +90,11 @@ class GQNConfig:
         sigma_initial: pixel standard deviation at step 0.
         sigma_final: pixel standard deviation from `sigma_steps` on.
         sigma_steps: steps of the linear pixel-sigma annealing.
+        kl_warmup_steps: optimizer steps over which the KL weight of the
+            training loss rises linearly from 0 to 1; 0: off (weight 1).
+        free_bits: nats: each DRAW step's KL (summed over its latent dims
+            and positions) counts in the training loss as max(KL, free_bits),
+            0 for off. Reported ELBO terms stay the true ones.
         adam_beta1: Adam's first-moment decay.
         adam_beta2: Adam's second-moment decay.
         adam_epsilon: Adam's epsilon.
@@ -85,11 +106,12 @@ class GQNConfig:
         jit_compile: "on", "off", or "auto" (the machine's faster choice):
             compile the training step with XLA.
         seed: seed of the latent sampling, the data order and the view
-            sampling: a run with a seed is reproducible, and resumes exactly.
+            sampling, so that a run with a seed is reproducible and resumes exactly.
     """
 
     # === Model ===
     encoder: str = "tower"
+    aggregator: str = "sum"
     r_dim: int = 256
     h_dim: int = 128
     z_dim: int = 3
@@ -103,6 +125,8 @@ class GQNConfig:
     fold_canvas: bool = True
     remat: bool = False
     conv_algorithm: str = "auto"
+    query_channels: int = 3
+    float32_cell: bool = True
     # === Training ===
     batch_size: int = 36
     context_size: int = 5
@@ -113,6 +137,8 @@ class GQNConfig:
     sigma_initial: float = 2.0
     sigma_final: float = 0.7
     sigma_steps: int = 200_000
+    kl_warmup_steps: int = 0
+    free_bits: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
@@ -142,6 +168,8 @@ class GQNConfig:
 
         if self.encoder not in ENCODERS:
             fail(f"encoder {self.encoder!r} is not one of {', '.join(ENCODERS)}.")
+        if self.aggregator not in AGGREGATORS:
+            fail(f"aggregator {self.aggregator!r} is not one of {', '.join(AGGREGATORS)}.")
         if self.dtype_policy not in DTYPE_POLICIES:
             fail(f"dtype_policy {self.dtype_policy!r} is not one of {', '.join(DTYPE_POLICIES)}.")
         if self.jit_compile not in JIT_COMPILE:
@@ -154,10 +182,16 @@ class GQNConfig:
             fail(f"conv_algorithm 'winograd' needs an odd kernel_size, got {self.kernel_size}.")
         for name in (
             "r_dim", "h_dim", "z_dim", "num_steps", "canvas_dim", "image_size", "pose_dim",
-            "kernel_size", "batch_size", "context_size", "max_steps", "lr_steps", "sigma_steps",
+            "kernel_size", "query_channels", "batch_size", "max_steps", "lr_steps", "sigma_steps",
         ):
             if getattr(self, name) <= 0:
                 fail(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.context_size < 0:
+            fail(f"context_size must be positive, or 0 for the dataset's maximum; got {self.context_size}.")
+        if self.kl_warmup_steps < 0:
+            fail(f"kl_warmup_steps must be at least 0 (0: off), got {self.kl_warmup_steps}.")
+        if not 0 <= self.free_bits < math.inf:
+            fail(f"free_bits must be a finite number at least 0 (0: off), got {self.free_bits}.")
         for name in ("lr_initial", "lr_final", "sigma_initial", "sigma_final", "adam_epsilon"):
             if not 0 < getattr(self, name) < math.inf:
                 fail(f"{name} must be a positive finite number, got {getattr(self, name)}.")
@@ -194,9 +228,30 @@ class GQNConfig:
 
     @classmethod
     def from_dict(cls, values):
-        """Inverse of `to_dict`; missing fields take their defaults."""
+        """Inverse of `to_dict`; missing fields take their defaults, but for one.
+
+        A dict without "query_channels" (a run saved before the field existed,
+        when the query image was downsampled to h_dim channels) gets
+        query_channels = its h_dim, so that old runs resume and restore with
+        their old shapes.
+        """
         _check_fields(values)
+        values = dict(values)
+        if "query_channels" not in values:
+            values["query_channels"] = values.get("h_dim", cls.h_dim)
         return cls(**values)
+
+    def for_dataset(self, name):
+        """A copy with context_size 0 resolved to dataset `name`'s maximum (else unchanged).
+
+        Raises a one-line ValueError for an unknown dataset.
+        """
+        from tiered_gqn.data import datasets
+
+        info = datasets.get_info(name)
+        if self.context_size > 0:
+            return self
+        return self.replace(context_size=info.max_context)
 
     def model_kwargs(self):
         """Keyword arguments of `GQN(...)` (the dtype policy excluded)."""
@@ -251,6 +306,7 @@ _BENCH8 = GQNConfig(
     z_dim=64,
     num_steps=8,
     shared_cores=True,
+    query_channels=128,  # h_dim: the query image as the benchmarks have always timed it
     batch_size=8,
     context_size=5,
     dtype_policy="mixed_bfloat16",
@@ -259,8 +315,9 @@ _BENCH8 = GQNConfig(
 
 # === Presets ===
 PRESETS = {
-    # Eslami et al. 2018 as the paper-faithful ports set it.
-    "paper": GQNConfig(),
+    # Eslami et al. 2018 as the paper-faithful ports set it, with each
+    # dataset's largest context (context_size 0: see GQNConfig.for_dataset).
+    "paper": GQNConfig(context_size=0),
     # Trains visibly on a 2-core CPU within minutes: about 0.35 s per step
     # (batch 16, 5 context views, 64x64) in mixed_bfloat16 (what "auto" picks
     # on a CPU with AMX) with shared cores, so 500 steps take about 3 minutes.
@@ -277,6 +334,7 @@ PRESETS = {
         num_steps=6,
         shared_cores=True,
         canvas_dim=32,
+        query_channels=64,  # h_dim, as the preset was tuned (the paper has 3)
         batch_size=16,
         context_size=5,
         max_steps=500,
@@ -296,6 +354,7 @@ PRESETS = {
         num_steps=2,
         shared_cores=False,
         canvas_dim=8,
+        query_channels=8,  # h_dim, as the tests were written
         image_size=32,
         batch_size=4,
         context_size=3,

@@ -12,10 +12,15 @@ import keras
 import tensorflow as tf
 
 from tiered_gqn import interrupts
-from tiered_gqn.training import checkpoints
+from tiered_gqn.models.gqn import unit_float
+from tiered_gqn.training import checkpoints, elbo
 
-# Metrics reported per step, averaged over the global batch.
-METRICS = ("elbo", "nll", "kl", "mse", "elbo_bpd", "nll_bpd", "kl_bpd")
+# Terms of the model's `compute_losses` reported per step, averaged over the
+# global batch, and the names they are reported under: "mse" is the posterior
+# pass's, which sees the target.
+LOSS_TERMS = ("elbo", "nll", "kl", "mse", "elbo_bpd", "nll_bpd", "kl_bpd")
+REPORTED = {"mse": "recon_mse"}
+METRICS = tuple(REPORTED.get(name, name) for name in LOSS_TERMS)
 # Latent seed of evaluation passes.
 EVAL_SEED = 1234
 
@@ -119,12 +124,15 @@ class Trainer:
         """Metrics, gradients and 1 if they are not finite (else 0), on one replica."""
         sigma = self.model.pixel_sigma(self.optimizer.iterations)
         with tf.GradientTape() as tape:
-            losses = self.model.compute_losses(batch, sigma, training=True)
-            loss = self._average(losses["elbo"])
+            losses = self.model.compute_losses(batch, sigma, training=True, step=self.optimizer.iterations)
+            loss = self._average(losses["loss"])
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
         bad = tf.cast(tf.logical_not(self._finite(loss, gradients)), tf.int32)
-        return {name: self._average(losses[name]) for name in METRICS}, gradients, bad
+        return self._terms(losses), gradients, bad
+
+    def _terms(self, losses):
+        return {REPORTED.get(name, name): self._average(losses[name]) for name in LOSS_TERMS}
 
     def _replica_apply(self, gradients):
         self.optimizer.apply(gradients, self.model.trainable_variables)
@@ -143,7 +151,12 @@ class Trainer:
         sigma = self.model.pixel_sigma(self.optimizer.iterations)
         # Seeded latents: evaluations are comparable and leave the training noise stream alone.
         losses = self.model.compute_losses(batch, sigma, training=False, seed=EVAL_SEED)
-        return {name: self._average(losses[name]) for name in METRICS}
+        metrics = self._terms(losses)
+        if hasattr(self.model, "generate"):  # a novel view from the prior: never sees the target
+            (frames, cameras, query), target = batch
+            sample = self.model.generate(frames, cameras, query, seed=EVAL_SEED + 1)
+            metrics["sample_mse"] = self._average(elbo.squared_error(unit_float(target), sample))
+        return metrics
 
     def _reduce(self, per_replica):
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
@@ -185,7 +198,8 @@ class Trainer:
         return float(lr(self.optimizer.iterations) if callable(lr) else lr)
 
     # === Loop ===
-    def fit(self, dataset, max_steps, checkpoint_every=500, callbacks=(), verbose=True):
+    def fit(self, dataset, max_steps, checkpoint_every=500, callbacks=(), verbose=True,
+            max_seconds=None):
         """Trains until `max_steps`, resuming from the current step.
 
         Runs with signals deferred: SIGINT or SIGTERM stops it after the
@@ -199,6 +213,8 @@ class Trainer:
             callbacks: callables `f(step, metrics, scenes_per_s)` called after
                 every step; each decides when to act.
             verbose: show a progress bar with ETA.
+            max_seconds: also stop, with a checkpoint, once this many seconds
+                of this call have passed (None: no time limit).
 
         Returns:
             The last step's metrics as floats.
@@ -211,9 +227,11 @@ class Trainer:
         if start >= max_steps:
             return {}
         with interrupts.deferred():
-            return self._fit(dataset, start, max_steps, checkpoint_every, callbacks, verbose)
+            return self._fit(dataset, start, max_steps, checkpoint_every, callbacks, verbose,
+                             max_seconds)
 
-    def _fit(self, dataset, start, max_steps, checkpoint_every, callbacks, verbose):
+    def _fit(self, dataset, start, max_steps, checkpoint_every, callbacks, verbose, max_seconds):
+        started = time.perf_counter()
         batches = iter(self.strategy.experimental_distribute_dataset(dataset))
         bar = keras.utils.Progbar(
             max_steps - start, stateful_metrics=METRICS + ("sigma", "scenes/s"),
@@ -227,6 +245,10 @@ class Trainer:
                 print(f"\nStopped at step {self.step}; checkpoint {path}. Rerun to resume.",
                       file=sys.stderr)
                 return metrics  # leaving `deferred()` raises the interrupt
+            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
+                self.save()
+                bar.update(self.step - start, finalize=True)
+                return metrics
             began = time.perf_counter()
             try:
                 batch = next(batches)
@@ -245,7 +267,7 @@ class Trainer:
                 callback(step, metrics, rate)
             if step % checkpoint_every == 0 or step >= max_steps:
                 self.save()
-            bar.update(step - start, [(k, metrics[k]) for k in ("elbo", "nll", "kl", "mse")]
+            bar.update(step - start, [(k, metrics[k]) for k in ("elbo", "nll", "kl", "recon_mse")]
                        + [("sigma", self.sigma()), ("scenes/s", rate)], finalize=step >= max_steps)
         return metrics
 

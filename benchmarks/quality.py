@@ -1,0 +1,183 @@
+"""Quality per CPU-hour: trains for a wall-clock budget, then evaluates novel views honestly.
+
+    python -m benchmarks.quality --minutes 10                  # the default preset, embedded data
+    python -m benchmarks.quality --minutes 0                   # the preset's own max_steps (the quick start)
+    python -m benchmarks.quality --minutes 10 --seeds 0,1,2 --preset small --lr_initial 2e-3
+
+Each seed trains a fresh model on the training split (the embedded
+procedural data unless --data_dir), stopping when --minutes of training have
+passed (the preset's max_steps then only sets where its schedules end; with
+--minutes 0 the run stops at max_steps). It then evaluates --eval_scenes
+held-out scenes at --eval_context_size views with the protocol of
+`tiered_gqn.training.evaluation`: novel views are prior samples, errors are
+measured at the data's resolution. Prints one JSON line per seed and a final
+JSON line with the medians over seeds of: steps, train_seconds,
+sample_mse (mean over prior samples), mean_sample_mse (their mean's MSE),
+recon_mse (posterior, which sees the target), mean_image_mse, the ratios
+sample_to_mean_image and recon_to_sample, and the final KL in nats.
+With --out DIR it also writes each seed's prediction grid (DIR/seed_N.png).
+"""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import flags
+
+from tiered_gqn import cli
+from trainer import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float("minutes", 10.0,
+                   "Training budget in wall-clock minutes per seed; 0 runs the preset's max_steps.",
+                   lower_bound=0.0)
+flags.DEFINE_string("dataset", "shepard_metzler_5_parts", "gqn-dataset name.")
+flags.DEFINE_string("data_dir", None, "Data root (default: the embedded procedural dataset).")
+flags.DEFINE_list("seeds", ["0"], "Seeds to train, one run each; the final line has their medians.")
+flags.DEFINE_integer("eval_scenes", 200, "Held-out scenes evaluated (at most the test split).",
+                     lower_bound=1)
+flags.DEFINE_integer("eval_context_size", 5,
+                     "Context views given to the model at evaluation (at most the dataset's "
+                     "maximum).", lower_bound=1)
+flags.DEFINE_integer("samples", 4, "Prior samples per held-out scene.", lower_bound=1)
+flags.DEFINE_bool("random_context_size", True, "Train with a context size drawn per batch.")
+flags.DEFINE_string("out", None, "Folder for the prediction grids (default: none).")
+common.define_preset_flags()
+flags.adopt_module_key_flags(common)
+
+# The headline numbers of each seed, in the order of the final line.
+HEADLINE = ("steps", "train_seconds", "sample_mse", "mean_sample_mse", "recon_mse",
+            "mean_image_mse", "nearest_view_mse", "sample_to_mean_image",
+            "mean_sample_to_mean_image", "recon_to_sample", "kl", "psnr")
+
+
+def _seeds():
+    try:
+        seeds = [int(seed) for seed in FLAGS.seeds]
+    except ValueError:
+        cli.fail(f"--seeds must be comma-separated integers, got {','.join(FLAGS.seeds)!r}.")
+    if not seeds or min(seeds) < 0:
+        cli.fail(f"--seeds must be integers of at least 0, got {','.join(FLAGS.seeds)!r}.")
+    return seeds
+
+
+def _config(preset):
+    from tiered_gqn.data import datasets
+    from tiered_gqn.models import get_preset
+
+    config = get_preset(preset, **common.preset_overrides())
+    info = datasets.get_info(FLAGS.dataset)
+    config = config.for_dataset(FLAGS.dataset)
+    if FLAGS.eval_context_size > info.max_context:
+        cli.fail(f"--eval_context_size {FLAGS.eval_context_size} is above {FLAGS.dataset}'s "
+                 f"maximum of {info.max_context}.")
+    return config.for_machine()
+
+
+def run_seed(config, data_dir, seed, out_dir):
+    """Trains one model for the budget and evaluates it; returns its headline dict."""
+    import keras
+
+    from tiered_gqn import viz
+    from tiered_gqn.data import reader
+    from tiered_gqn.models import GQN
+    from tiered_gqn.training import distribute, evaluation, loop, summaries
+
+    config = config.replace(seed=seed)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    minutes = FLAGS.minutes
+    max_steps = config.max_steps if minutes == 0 else 10**9
+    data = reader.load(FLAGS.dataset, data_dir, "train", batch_size=config.batch_size,
+                       context_size=config.context_size,
+                       random_context_size=FLAGS.random_context_size,
+                       image_size=config.image_size, seed=seed)
+    strategy = distribute.make_strategy("default")
+    with strategy.scope():
+        model = GQN.from_preset(config)
+        optimizer = config.optimizer()
+        optimizer.build(model.trainable_variables)
+    with tempfile.TemporaryDirectory() as model_dir:
+        trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, model_dir,
+                               max_to_keep=1, jit_compile=config.jit_compile == "on")
+        budget = minutes * 60 if minutes else None
+        last_report = [time.perf_counter()]
+
+        def report(step, metrics, rate):
+            now = time.perf_counter()
+            if now - last_report[0] >= 30:
+                last_report[0] = now
+                spent = now - began
+                left = (budget - spent) if budget else (max_steps - step) * spent / step
+                print(f"  seed {seed}: step {step}, {spent:.0f} s, about {max(left, 0):.0f} s left; "
+                      f"elbo {metrics['elbo']:.1f}, kl {metrics['kl']:.2f}, recon mse {metrics['recon_mse']:.5f}",
+                      file=sys.stderr, flush=True)
+
+        began = time.perf_counter()
+        metrics = trainer.fit(data, max_steps, checkpoint_every=10**9, callbacks=[report],
+                              verbose=False, max_seconds=budget)
+        train_seconds = time.perf_counter() - began
+        steps = trainer.step
+        sigma = float(model.pixel_sigma(steps))
+
+    k = FLAGS.eval_context_size
+    test = reader.load(FLAGS.dataset, data_dir, "test", batch_size=min(FLAGS.eval_scenes, 50),
+                       context_size=k, random_context_size=False, seed=1234, repeat=False,
+                       drop_remainder=False).take(-(-FLAGS.eval_scenes // min(FLAGS.eval_scenes, 50)))
+    batches = []
+    scenes = 0
+    for (frames, cameras, query), target in test:
+        keep = min(len(target), FLAGS.eval_scenes - scenes)
+        batches.append(((frames[:keep], cameras[:keep], query[:keep]), target[:keep]))
+        scenes += keep
+    train = reader.load(FLAGS.dataset, data_dir, "train", batch_size=64, context_size=1,
+                        seed=1, repeat=False, drop_remainder=False)
+    mean, _ = evaluation.mean_image(train, 256)
+    rows = evaluation.evaluate(model, batches, sigma, [k], mean, seed=0, num_samples=FLAGS.samples)
+    result = {"seed": seed, "steps": steps, "train_seconds": round(train_seconds, 1),
+              "scenes": scenes, "context_size": k, "final_train_kl": metrics.get("kl")}
+    result.update(evaluation.summary(rows))
+    if out_dir:
+        grid = summaries.prediction_grid(model, batches[0], num_samples=2)
+        viz.save_png(os.path.join(out_dir, f"seed_{seed}.png"), grid)
+    return result
+
+
+def main(argv):
+    del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    from tiered_gqn.data import cache, datasets, reader
+
+    datasets.get_info(FLAGS.dataset)
+    preset = FLAGS.preset
+    config = _config(preset)
+    seeds = _seeds()
+    data_dir = FLAGS.data_dir or cache.default_data_dir(FLAGS.dataset)
+    reader.find_shards(data_dir, FLAGS.dataset, "test")
+    if FLAGS.out:
+        os.makedirs(FLAGS.out, exist_ok=True)
+    budget = f"{FLAGS.minutes:g} minutes" if FLAGS.minutes else f"{config.max_steps} steps"
+    print(f"Training {preset} ({config.image_size}x{config.image_size}, batch {config.batch_size}, "
+          f"{config.dtype_policy}) on {FLAGS.dataset} for {budget} per seed, seeds "
+          f"{','.join(map(str, seeds))}; evaluating {FLAGS.eval_scenes} test scenes.",
+          file=sys.stderr)
+    results = []
+    for seed in seeds:
+        result = run_seed(config, data_dir, seed, FLAGS.out)
+        results.append(result)
+        print(json.dumps({"benchmark": "quality", **result}), flush=True)
+    medians = {name: statistics.median(r[name] for r in results) for name in HEADLINE
+               if all(isinstance(r.get(name), (int, float)) for r in results)}
+    print(json.dumps({"benchmark": "quality", "preset": preset, "dataset": FLAGS.dataset,
+                      "minutes": FLAGS.minutes, "seeds": seeds, "eval_scenes": FLAGS.eval_scenes,
+                      "samples": FLAGS.samples, "overrides": common.preset_overrides(),
+                      "median": medians}), flush=True)
+
+
+if __name__ == "__main__":
+    cli.run(main)

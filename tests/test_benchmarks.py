@@ -122,6 +122,9 @@ def _benchmark_cli(program, *args):
      "--probe_steps must be at least 1, got -1."),
     ("train_step", ["--config", "huge"],
      "Unknown preset 'huge'; known presets: bench36, bench8, paper, small, tiny."),
+    ("quality", ["--seeds", "0,x"], "--seeds must be comma-separated integers, got '0,x'."),
+    ("quality", ["--eval_context_size", 15],
+     "--eval_context_size 15 is above shepard_metzler_5_parts's maximum of 14."),
     ("input_pipeline", ["--batch_size", 0, "--repeats", 0, "--warmup", -1],
      "--batch_size must be at least 1, got 0. --warmup must be >= 0, got -1. "
      "--repeats must be at least 1, got 0."),
@@ -149,3 +152,29 @@ def test_a_single_bad_step_flag_is_named_alone():
         assert str(error.value) == message
     with flagsaver.flagsaver(warmup=0):
         train_step.check_flags()  # no warm-up is allowed
+
+
+def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
+    import json
+
+    from conftest import write_random_dataset
+
+    write_random_dataset(str(tmp_path / "data"), scenes=(8, 6), shards=(2, 1))
+    done = _benchmark_cli("quality", "--data_dir", tmp_path / "data", "--preset", "tiny",
+                          "--minutes", 0, "--max_steps", 3, "--seeds", "0,1", "--eval_scenes", 5,
+                          "--samples", 2, "--eval_context_size", 2, "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    assert [line.get("seed") for line in lines[:2]] == [0, 1] and "median" in lines[2]
+    for line in lines[:2]:
+        assert line["steps"] == 3 and line["scenes"] == 5 and line["context_size"] == 2
+        assert line["sample_to_mean_image"] == pytest.approx(
+            line["sample_mse"] / line["mean_image_mse"])
+        assert line["recon_to_sample"] == pytest.approx(line["recon_mse"] / line["sample_mse"])
+        assert line["mean_sample_mse"] <= line["sample_mse"] * (1 + 1e-6)
+    # Two seeds train two different models.
+    assert lines[0]["sample_mse"] != lines[1]["sample_mse"]
+    median = lines[2]["median"]
+    assert median["sample_mse"] == pytest.approx((lines[0]["sample_mse"] + lines[1]["sample_mse"]) / 2)
+    assert lines[2]["overrides"] == {"max_steps": 3}
+    assert (tmp_path / "out" / "seed_0.png").exists() and (tmp_path / "out" / "seed_1.png").exists()

@@ -104,3 +104,16 @@ def test_learning_rate_schedule_round_trips():
     assert restored.get_config() == schedule.get_config()
     optimizer = keras.optimizers.Adam(learning_rate=schedule)
     assert keras.optimizers.Adam.from_config(optimizer.get_config()).learning_rate is not None
+
+
+def test_learning_rate_warmup_ramps_from_zero_then_follows_the_annealing():
+    schedule = schedules.AnnealedSchedule(1e-3, 1e-4, 1000, warmup_steps=100)
+    plain = schedules.AnnealedSchedule(1e-3, 1e-4, 1000)
+    values = [float(schedule(s)) for s in (0, 49, 99, 500, 2000)]
+    np.testing.assert_allclose(values, [float(plain(0)) / 100, float(plain(49)) / 2,
+                                        float(plain(99)), float(plain(500)), 1e-4], rtol=1e-5)
+    restored = schedules.AnnealedSchedule.from_config(schedule.get_config())
+    assert restored.warmup_steps == 100
+    # A schedule saved before warm-up existed loads with none.
+    assert schedules.AnnealedSchedule.from_config(
+        {"initial": 1e-3, "final": 1e-4, "num_steps": 1000}).warmup_steps == 0

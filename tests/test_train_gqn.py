@@ -69,6 +69,7 @@ def test_training_scalars_cover_every_loss_term(tiny_run):
     assert "predictions" in eval_tags
     # Held-out novel views are prior samples; the posterior's error is labelled reconstruction.
     assert {"sample_mse", "recon_mse", "elbo", "kl"} <= eval_tags and "mse" not in eval_tags
+    assert {"sample_mse_context1", "recon_mse_context1"} <= eval_tags  # one context view too
 
 
 def test_rerunning_resumes_and_a_changed_model_is_refused(tiny_run):

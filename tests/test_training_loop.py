@@ -183,6 +183,22 @@ def test_a_data_fault_mid_run_writes_a_checkpoint_first(tmp_path):
     assert "step 3" in out
 
 
+def test_a_time_budget_stops_the_run_with_a_checkpoint(tmp_path):
+    script = ADAM + textwrap.dedent(f'''
+        import time
+        trainer = adam_trainer({str(tmp_path / "run")!r})
+        began = time.perf_counter()
+        trainer.fit(batches().repeat(), max_steps=10**9, checkpoint_every=10**9, verbose=False,
+                    max_seconds=1.5)
+        print("step", trainer.step, "seconds", time.perf_counter() - began)
+        print("latest", trainer.checkpoints.latest)
+    ''')
+    out = _run(script)
+    step, seconds = int(out.split("step ")[1].split()[0]), float(out.split("seconds ")[1].split()[0])
+    assert step > 0 and 1.5 <= seconds < 60, out
+    assert f"latest {tmp_path / 'run' / 'checkpoints' / 'ckpt-'}{step}\n" in out
+
+
 def test_changing_context_sizes_do_not_retrace_every_step(tmp_path):
     script = STAND_IN + textwrap.dedent(f'''
         strategy = tf.distribute.get_strategy()

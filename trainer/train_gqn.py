@@ -112,12 +112,18 @@ def main(argv):
           file=sys.stderr)
 
     writer = summaries.Summaries(model_dir)
-    distributed_eval = strategy.experimental_distribute_dataset(eval_data)
+    # The test batches with all their context views, and with the first one alone.
+    one_view = eval_data.map(lambda inputs, target: ((inputs[0][:, :1], inputs[1][:, :1], inputs[2]),
+                                                      target))
+    distributed_eval = {"": strategy.experimental_distribute_dataset(eval_data),
+                        "_context1": strategy.experimental_distribute_dataset(one_view)}
 
     def test_metrics(save=False):
-        """Metrics on the test batches; a data fault checkpoints first if `save`."""
+        """Metrics on the test batches ("<name>" with every context view, "<name>_context1"
+        with one); a data fault checkpoints first if `save`."""
         try:
-            return trainer.evaluate(distributed_eval)
+            return {f"{name}{suffix}": value for suffix, batches in distributed_eval.items()
+                    for name, value in trainer.evaluate(batches).items()}
         except tf.errors.OpError as error:
             raise loop.DataFault(error, trainer.save() if save else trainer.checkpoints.latest,
                                  split="test") from None

@@ -87,6 +87,8 @@ class GQNConfig:
         lr_initial: Adam learning rate at step 0.
         lr_final: Adam learning rate from `lr_steps` on.
         lr_steps: steps of the linear learning-rate annealing.
+        lr_warmup_steps: steps of a linear learning-rate ramp from 0 at the
+            start (0: none, as in the paper); the annealing runs all the same.
         sigma_initial: pixel standard deviation at step 0.
         sigma_final: pixel standard deviation from `sigma_steps` on.
         sigma_steps: steps of the linear pixel-sigma annealing.
@@ -134,6 +136,7 @@ class GQNConfig:
     lr_initial: float = 5e-4
     lr_final: float = 5e-5
     lr_steps: int = 1_600_000
+    lr_warmup_steps: int = 0
     sigma_initial: float = 2.0
     sigma_final: float = 0.7
     sigma_steps: int = 200_000
@@ -188,6 +191,8 @@ class GQNConfig:
                 fail(f"{name} must be positive, got {getattr(self, name)}.")
         if self.context_size < 0:
             fail(f"context_size must be positive, or 0 for the dataset's maximum; got {self.context_size}.")
+        if self.lr_warmup_steps < 0:
+            fail(f"lr_warmup_steps must be at least 0 (0: none), got {self.lr_warmup_steps}.")
         if self.kl_warmup_steps < 0:
             fail(f"kl_warmup_steps must be at least 0 (0: off), got {self.kl_warmup_steps}.")
         if not 0 <= self.free_bits < math.inf:
@@ -261,7 +266,7 @@ class GQNConfig:
         """The paper's annealed learning-rate schedule with this config's constants."""
         from tiered_gqn.training.schedules import AnnealedSchedule
 
-        return AnnealedSchedule(self.lr_initial, self.lr_final, self.lr_steps)
+        return AnnealedSchedule(self.lr_initial, self.lr_final, self.lr_steps, self.lr_warmup_steps)
 
     def optimizer(self):
         """A fresh Adam (fused if so set) with the annealed learning rate and this config's constants.

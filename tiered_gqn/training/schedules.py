@@ -25,21 +25,30 @@ def annealed(step, initial, final, num_steps):
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")
 class AnnealedSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Learning rate annealed linearly from `initial` to `final` over `num_steps`.
+    """Learning rate annealed linearly from `initial` to `final` over `num_steps`,
+    after an optional linear warm-up from 0.
 
     Args:
-        initial: float. Rate at step 0 (paper: 5e-4).
+        initial: float. Rate at step 0, or at the end of the warm-up (paper: 5e-4).
         final: float. Rate from `num_steps` on (paper: 5e-5).
         num_steps: int. Length of the linear part (paper: 1.6e6).
+        warmup_steps: int. Steps of a linear ramp from 0 to `initial` before
+            the annealing, which starts at 0 all the same (paper: 0, none).
     """
 
-    def __init__(self, initial, final, num_steps):
+    def __init__(self, initial, final, num_steps, warmup_steps=0):
         self.initial = float(initial)
         self.final = float(final)
         self.num_steps = int(num_steps)
+        self.warmup_steps = int(warmup_steps)
 
     def __call__(self, step):
-        return annealed(step, self.initial, self.final, self.num_steps)
+        rate = annealed(step, self.initial, self.final, self.num_steps)
+        if self.warmup_steps <= 0:
+            return rate
+        ramp = ops.minimum((ops.cast(step, "float32") + 1.0) / float(self.warmup_steps), 1.0)
+        return rate * ramp
 
     def get_config(self):
-        return {"initial": self.initial, "final": self.final, "num_steps": self.num_steps}
+        return {"initial": self.initial, "final": self.final, "num_steps": self.num_steps,
+                "warmup_steps": self.warmup_steps}

@@ -45,6 +45,9 @@ flags.DEFINE_integer("eval_context_size", 5,
 flags.DEFINE_integer("samples", 4, "Prior samples per held-out scene.", lower_bound=1)
 flags.DEFINE_bool("random_context_size", True, "Train with a context size drawn per batch.")
 flags.DEFINE_string("out", None, "Folder for the prediction grids (default: none).")
+flags.DEFINE_string("model_dir", None,
+                    "Keep each seed's run in <model_dir>/seed_<N> (run.json, checkpoint, model.keras), "
+                    "for trainer.evaluate and trainer.render (default: a temporary folder).")
 common.define_preset_flags()
 flags.adopt_module_key_flags(common)
 
@@ -77,34 +80,63 @@ def _config(preset):
     return config.for_machine()
 
 
-def run_seed(config, data_dir, seed, out_dir):
+def run_seed(config, data_dir, seed, preset):
     """Trains one model for the budget and evaluates it; returns its headline dict."""
     import keras
 
     from tiered_gqn import viz
-    from tiered_gqn.data import reader
-    from tiered_gqn.models import GQN
-    from tiered_gqn.training import distribute, evaluation, loop, summaries
+    from tiered_gqn.training import summaries
 
     config = config.replace(seed=seed)
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    minutes = FLAGS.minutes
-    max_steps = config.max_steps if minutes == 0 else 10**9
+    model, steps, train_seconds, metrics = train_for_budget(config, data_dir, preset)
+    batches = held_out_batches(data_dir)
+    result = {"seed": seed, "steps": steps, "train_seconds": round(train_seconds, 1),
+              "scenes": sum(len(target) for _, target in batches),
+              "context_size": FLAGS.eval_context_size, "final_train_kl": metrics.get("kl")}
+    result.update(evaluate(model, batches, data_dir, float(model.pixel_sigma(steps))))
+    if FLAGS.out:
+        grid = summaries.prediction_grid(model, batches[0], num_samples=2)
+        viz.save_png(os.path.join(FLAGS.out, f"seed_{seed}.png"), grid)
+    return result
+
+
+def train_for_budget(config, data_dir, preset):
+    """A model of `config` trained for --minutes (or its max_steps).
+
+    Returns:
+        (model, steps, training seconds, the last step's metrics).
+    """
+    from tiered_gqn.data import reader
+    from tiered_gqn.models import GQN
+    from tiered_gqn.training import checkpoints, distribute, loop, optimizers
+
+    budget = FLAGS.minutes * 60 if FLAGS.minutes else None
+    max_steps = 10**9 if budget else config.max_steps
     data = reader.load(FLAGS.dataset, data_dir, "train", batch_size=config.batch_size,
                        context_size=config.context_size,
                        random_context_size=FLAGS.random_context_size,
-                       image_size=config.image_size, seed=seed)
+                       image_size=config.image_size, seed=config.seed)
     strategy = distribute.make_strategy("default")
     with strategy.scope():
         model = GQN.from_preset(config)
-        optimizer = config.optimizer()
+        optimizer = optimizers.for_config(config)
         optimizer.build(model.trainable_variables)
-    with tempfile.TemporaryDirectory() as model_dir:
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = scratch
+        if FLAGS.model_dir:  # a run directory that trainer.evaluate and trainer.render read
+            model_dir = os.path.join(FLAGS.model_dir, f"seed_{config.seed}")
+            checkpoints.save_run(model_dir, {
+                "dataset": FLAGS.dataset, "data_dir": os.path.abspath(data_dir),
+                "model_dir": os.path.abspath(model_dir), "preset": preset,
+                "config": config.to_dict(), "strategy": "default", "num_replicas": 1,
+                "random_context_size": FLAGS.random_context_size,
+                "written_by": "benchmarks.quality"})
         trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, model_dir,
                                max_to_keep=1, jit_compile=config.jit_compile == "on")
-        budget = minutes * 60 if minutes else None
-        last_report = [time.perf_counter()]
+        began = time.perf_counter()
+        last_report = [began]
 
         def report(step, metrics, rate):
             now = time.perf_counter()
@@ -112,38 +144,45 @@ def run_seed(config, data_dir, seed, out_dir):
                 last_report[0] = now
                 spent = now - began
                 left = (budget - spent) if budget else (max_steps - step) * spent / step
-                print(f"  seed {seed}: step {step}, {spent:.0f} s, about {max(left, 0):.0f} s left; "
-                      f"elbo {metrics['elbo']:.1f}, kl {metrics['kl']:.2f}, recon mse {metrics['recon_mse']:.5f}",
-                      file=sys.stderr, flush=True)
+                print(f"  seed {config.seed}: step {step}, {spent:.0f} s, about {max(left, 0):.0f} s "
+                      f"left; elbo {metrics['elbo']:.1f}, kl {metrics['kl']:.2f}, recon mse "
+                      f"{metrics['recon_mse']:.5f}", file=sys.stderr, flush=True)
 
-        began = time.perf_counter()
         metrics = trainer.fit(data, max_steps, checkpoint_every=10**9, callbacks=[report],
                               verbose=False, max_seconds=budget)
-        train_seconds = time.perf_counter() - began
-        steps = trainer.step
-        sigma = float(model.pixel_sigma(steps))
+        seconds = time.perf_counter() - began
+        if FLAGS.model_dir:
+            checkpoints.save_model(model, os.path.join(model_dir, "model.keras"))
+    return model, trainer.step, seconds, metrics
 
-    k = FLAGS.eval_context_size
-    test = reader.load(FLAGS.dataset, data_dir, "test", batch_size=min(FLAGS.eval_scenes, 50),
-                       context_size=k, random_context_size=False, seed=1234, repeat=False,
-                       drop_remainder=False).take(-(-FLAGS.eval_scenes // min(FLAGS.eval_scenes, 50)))
-    batches = []
-    scenes = 0
+
+def held_out_batches(data_dir):
+    """The first --eval_scenes test scenes with --eval_context_size views, as a list of batches."""
+    from tiered_gqn.data import reader
+
+    size = min(FLAGS.eval_scenes, 50)
+    test = reader.load(FLAGS.dataset, data_dir, "test", batch_size=size,
+                       context_size=FLAGS.eval_context_size, random_context_size=False, seed=1234,
+                       repeat=False, drop_remainder=False).take(-(-FLAGS.eval_scenes // size))
+    batches, scenes = [], 0
     for (frames, cameras, query), target in test:
         keep = min(len(target), FLAGS.eval_scenes - scenes)
         batches.append(((frames[:keep], cameras[:keep], query[:keep]), target[:keep]))
         scenes += keep
-    train = reader.load(FLAGS.dataset, data_dir, "train", batch_size=64, context_size=1,
-                        seed=1, repeat=False, drop_remainder=False)
+    return batches
+
+
+def evaluate(model, batches, data_dir, sigma):
+    """`evaluation.summary` of the model on `batches`, beside the mean of 256 training images."""
+    from tiered_gqn.data import reader
+    from tiered_gqn.training import evaluation
+
+    train = reader.load(FLAGS.dataset, data_dir, "train", batch_size=64, context_size=1, seed=1,
+                        repeat=False, drop_remainder=False)
     mean, _ = evaluation.mean_image(train, 256)
-    rows = evaluation.evaluate(model, batches, sigma, [k], mean, seed=0, num_samples=FLAGS.samples)
-    result = {"seed": seed, "steps": steps, "train_seconds": round(train_seconds, 1),
-              "scenes": scenes, "context_size": k, "final_train_kl": metrics.get("kl")}
-    result.update(evaluation.summary(rows))
-    if out_dir:
-        grid = summaries.prediction_grid(model, batches[0], num_samples=2)
-        viz.save_png(os.path.join(out_dir, f"seed_{seed}.png"), grid)
-    return result
+    rows = evaluation.evaluate(model, batches, sigma, [FLAGS.eval_context_size], mean, seed=0,
+                               num_samples=FLAGS.samples)
+    return evaluation.summary(rows)
 
 
 def main(argv):
@@ -168,7 +207,7 @@ def main(argv):
           file=sys.stderr)
     results = []
     for seed in seeds:
-        result = run_seed(config, data_dir, seed, FLAGS.out)
+        result = run_seed(config, data_dir, seed, preset)
         results.append(result)
         print(json.dumps({"benchmark": "quality", **result}), flush=True)
     medians = {name: statistics.median(r[name] for r in results) for name in HEADLINE

@@ -203,13 +203,13 @@ def make_trainer(config, batch, weights_from=None):
     import tensorflow as tf
 
     from tiered_gqn.models import GQN
-    from tiered_gqn.training import loop
+    from tiered_gqn.training import loop, optimizers
 
     model = GQN.from_preset(config)
     if weights_from is not None and [w.shape for w in weights_from.weights] == [
             w.shape for w in model.weights]:
         model.set_weights(weights_from.get_weights())
-    optimizer = config.optimizer()
+    optimizer = optimizers.for_config(config)
     optimizer.build(model.trainable_variables)
     trainer = loop.Trainer(model, optimizer, tf.distribute.get_strategy(), config.batch_size,
                            tempfile.mkdtemp(), jit_compile=config.jit_compile == "on")

@@ -121,7 +121,7 @@ def _benchmark_cli(program, *args):
      "--steps must be at least 1, got 0. --warmup must be >= 0, got -1. "
      "--probe_steps must be at least 1, got -1."),
     ("train_step", ["--config", "huge"],
-     "Unknown preset 'huge'; known presets: bench36, bench8, paper, small, tiny."),
+     "Unknown preset 'huge'; known presets: bench36, bench8, paper, small, small64, tiny."),
     ("quality", ["--seeds", "0,x"], "--seeds must be comma-separated integers, got '0,x'."),
     ("quality", ["--eval_context_size", 15],
      "--eval_context_size 15 is above shepard_metzler_5_parts's maximum of 14."),
@@ -162,7 +162,8 @@ def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
     write_random_dataset(str(tmp_path / "data"), scenes=(8, 6), shards=(2, 1))
     done = _benchmark_cli("quality", "--data_dir", tmp_path / "data", "--preset", "tiny",
                           "--minutes", 0, "--max_steps", 3, "--seeds", "0,1", "--eval_scenes", 5,
-                          "--samples", 2, "--eval_context_size", 2, "--out", tmp_path / "out")
+                          "--samples", 2, "--eval_context_size", 2, "--out", tmp_path / "out",
+                          "--model_dir", tmp_path / "runs")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
     assert [line.get("seed") for line in lines[:2]] == [0, 1] and "median" in lines[2]
@@ -178,3 +179,27 @@ def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
     assert median["sample_mse"] == pytest.approx((lines[0]["sample_mse"] + lines[1]["sample_mse"]) / 2)
     assert lines[2]["overrides"] == {"max_steps": 3}
     assert (tmp_path / "out" / "seed_0.png").exists() and (tmp_path / "out" / "seed_1.png").exists()
+    # Each seed's run directory is one that trainer.evaluate and trainer.render read.
+    from tiered_gqn.training import checkpoints
+
+    model, run, step = checkpoints.restore_model(str(tmp_path / "runs" / "seed_1"))
+    assert step == 3 and run["config"].seed == 1 and run["preset"] == "tiny"
+    assert (tmp_path / "runs" / "seed_1" / "model.keras").exists()
+
+
+def test_train_step_alternates_a_bool_field_in_rounds():
+    import json
+
+    done = _benchmark_cli("train_step", "--config", "tiny", "--alternate", "hoist", "--steps", 2,
+                          "--repeats", 2, "--warmup", 1, "--probe_steps", 1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    steps, record = lines[:-1], lines[-1]
+    # Two rounds of two steps per setting, the order swapped in the second round.
+    assert [(s["round"], s["hoist"]) for s in steps] == [
+        (0, True), (0, True), (0, False), (0, False), (1, False), (1, False), (1, True), (1, True)]
+    assert record["alternate"] == "hoist" and len(record["on"]["round_s"]) == 2
+    assert record["ratio"] > 0 and record["on"]["s_per_step"] > 0 and record["off"]["s_per_step"] > 0
+    bad = _benchmark_cli("train_step", "--alternate", "batch_size")
+    assert bad.returncode == 2 and own_lines(bad.stderr)[-1].startswith(
+        "train_step: error: --alternate batch_size is not a bool GQNConfig field")

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tiered_gqn.models  # noqa: F401  (registers GQN for keras.saving.load_model)
 from tiered_gqn.models import GQN, presets
 from tiered_gqn.training import checkpoints
+from tiered_gqn.training import optimizers
 from tiered_gqn.training.checkpoints import CheckpointError, Checkpoints
 
 DATA = ".data-00000-of-00001"
@@ -21,7 +22,7 @@ def _build(**overrides):
     """The tiny GQN and its built optimizer."""
     config = presets.get_preset("tiny", **overrides)
     model = GQN.from_preset(config)
-    optimizer = config.optimizer()
+    optimizer = optimizers.for_config(config)
     optimizer.build(model.trainable_variables)
     return model, optimizer
 

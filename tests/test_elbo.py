@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from tiered_gqn.training import elbo, schedules
+from tiered_gqn.models import elbo, schedules
 
 
 def test_nll_floor_when_mean_equals_target():

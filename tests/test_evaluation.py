@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tiered_gqn.training import elbo, evaluation
+from tiered_gqn.models import elbo
+from tiered_gqn.training import evaluation
 
 
 class StubGQN:
@@ -105,3 +106,15 @@ def test_evaluate_pools_context_sizes_and_reports_the_baselines_on_the_same_quer
     assert "prior samples" in table and "posterior" in table
     with pytest.raises(ValueError, match="Context size 4 asked of a batch with 3"):
         evaluation.evaluate(model, batches, 0.7, [4], mean)
+
+
+def test_resize_keeps_flat_images_flat_and_reads_bytes_as_unit_floats():
+    from tiered_gqn import viz
+
+    flat = np.full((2, 3, 8, 8, 3), 0.25, np.float32)
+    small = viz.resize(flat, 4, "area")
+    assert small.shape == (2, 3, 4, 4, 3) and np.allclose(small, 0.25)
+    assert viz.resize(small, 8).shape == (2, 3, 8, 8, 3)
+    as_bytes = np.full((1, 8, 8, 3), 255, np.uint8)
+    np.testing.assert_allclose(viz.resize(as_bytes, 8), 1.0)  # same size: only the dtype changes
+    np.testing.assert_allclose(viz.resize(as_bytes, 4, "area"), 1.0, rtol=1e-6)

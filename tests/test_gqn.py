@@ -14,6 +14,7 @@ import tensorflow as tf
 from tiered_gqn.data import datasets
 from tiered_gqn.models import GQN, GQNConfig, get_preset
 from tiered_gqn.models import presets
+from tiered_gqn.training import optimizers
 
 TINY = get_preset("tiny")
 SIZE = TINY.image_size
@@ -315,7 +316,7 @@ def test_tiny_model_overfits_one_batch():
 
 def test_fit_and_evaluate_report_the_metrics():
     model = GQN.from_preset(TINY)
-    model.compile(optimizer=TINY.optimizer())
+    model.compile(optimizer=optimizers.for_config(TINY))
     history = model.fit(dataset(), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
     assert set(history.history) == {"elbo", "nll", "kl", "mse", "sigma"}
     assert int(model.optimizer.iterations.numpy()) == 2
@@ -344,6 +345,7 @@ MIRRORED = textwrap.dedent('''
     sys.path.insert(0, {tests!r})
     import test_gqn
     from tiered_gqn.models import GQN, draw
+    from tiered_gqn.training import optimizers
 
     draw.ConvDRAW._noise = lambda self, shape, step, seed: keras.ops.zeros(shape, "float32")
 
@@ -367,7 +369,8 @@ MIRRORED = textwrap.dedent('''
     # step is then lr * g * sqrt(1 - beta2) / epsilon, proportional to the gradient,
     # so a sum over the replicas instead of the global-batch mean would double it.
     # The learning rate makes the steps (up to ~1e-4) large against float32 spacing.
-    optimizer = test_gqn.TINY.replace(adam_epsilon=1e3, lr_initial=0.1, lr_final=0.1).optimizer
+    config = test_gqn.TINY.replace(adam_epsilon=1e3, lr_initial=0.1, lr_final=0.1)
+    optimizer = lambda: optimizers.for_config(config)
     start, one, h1 = fit(one_device, optimizer)
     start2, two, h2 = fit(mirrored, optimizer)
     for a, b in zip(start, start2):
@@ -445,7 +448,7 @@ def test_global_mixed_policy():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = GQN(**TINY.model_kwargs())
-        model.compile(optimizer=TINY.optimizer())
+        model.compile(optimizer=optimizers.for_config(TINY))
         history = model.fit(dataset(), epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -491,7 +494,7 @@ def test_preset_overrides_and_round_trip():
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda: get_preset("huge"), "Unknown preset 'huge'; known presets: bench36, bench8, paper, small, tiny."),
+        (lambda: get_preset("huge"), "Unknown preset 'huge'; known presets: bench36, bench8, paper, small, small64, tiny."),
         (lambda: get_preset("tiny", hdim=3), "Unknown GQNConfig field(s) hdim; known fields: encoder, r_dim"),
         (lambda: get_preset("tiny", h_dim="8"), "GQNConfig.h_dim must be int, got '8' (str)."),
         (lambda: get_preset("tiny", h_dim=8.0), "GQNConfig.h_dim must be int, got 8.0 (float)."),
@@ -533,7 +536,7 @@ def _decoder_params(config):
 
 
 def test_every_preset_is_valid():
-    assert sorted(presets.PRESETS) == ["bench36", "bench8", "paper", "small", "tiny"]
+    assert sorted(presets.PRESETS) == ["bench36", "bench8", "paper", "small", "small64", "tiny"]
     for name, config in presets.PRESETS.items():
         assert isinstance(config, GQNConfig)
         # Round trips, through JSON too (what a run saves beside its checkpoints).
@@ -542,7 +545,7 @@ def test_every_preset_is_valid():
         assert get_preset(name) == config and get_preset(name) is not config
         resolved = config.for_machine()
         assert "auto" not in (resolved.dtype_policy, resolved.jit_compile, resolved.conv_algorithm), name
-        assert config.optimizer() is not None
+        assert optimizers.for_config(config) is not None
         # The model builds with the weights the design counts. Paper's 12 unshared
         # core pairs are 180M weights: it is built with 2 and counted for 12.
         built = config.replace(num_steps=2) if name == "paper" else config

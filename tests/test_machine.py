@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tiered_gqn.models import get_preset
-from tiered_gqn.training import machine
+from tiered_gqn.models import machine
 
 CPU = {"gpus": [], "cpu_count": 2, "cpu_bf16": []}
 AMX = {"gpus": [], "cpu_count": 2, "cpu_bf16": ["amx_bf16"]}

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from tiered_gqn.models import get_preset
-from tiered_gqn.training.optimizers import FusedAdam
+from tiered_gqn.training.optimizers import FusedAdam, for_config
 
 
 def _train(optimizer, steps=5):
@@ -36,9 +36,9 @@ def test_fused_adam_matches_keras_adam():
 
 
 def test_config_optimizer_is_fused_and_loss_scaled_in_float16():
-    assert isinstance(get_preset("tiny").optimizer(), FusedAdam)
-    plain = get_preset("tiny", fused_adam=False).optimizer()
+    assert isinstance(for_config(get_preset("tiny")), FusedAdam)
+    plain = for_config(get_preset("tiny", fused_adam=False))
     assert isinstance(plain, keras.optimizers.Adam) and not isinstance(plain, FusedAdam)
-    scaled = get_preset("tiny", dtype_policy="mixed_float16").optimizer()
+    scaled = for_config(get_preset("tiny", dtype_policy="mixed_float16"))
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
     assert isinstance(scaled.inner_optimizer, FusedAdam)

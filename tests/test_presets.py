@@ -34,7 +34,7 @@ def test_defaults_and_where_the_fields_belong():
 
 
 def test_small_tiny_and_bench_presets_keep_the_query_image_at_h_dim():
-    for name in ("small", "tiny", "bench8", "bench36"):
+    for name in ("small", "small64", "tiny", "bench8", "bench36"):
         config = get_preset(name)
         assert config.query_channels == config.h_dim, name
     assert get_preset("paper").query_channels == 3
@@ -97,3 +97,23 @@ def test_zero_means_off_or_the_maximum_only_where_documented():
     for name in ("batch_size", "h_dim", "num_steps"):
         with pytest.raises(ValueError, match=f"{name} must be positive, got 0"):
             get_preset("tiny", **{name: 0})
+
+
+def test_models_never_import_training():
+    """The flow is one way: training depends on models, never the reverse (DESIGN §1)."""
+    import ast
+    import pathlib
+
+    import tiered_gqn.models
+
+    offenders = []
+    for path in sorted(pathlib.Path(tiered_gqn.models.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            offenders += [f"{path.name}:{node.lineno} {name}" for name in names
+                          if name.startswith("tiered_gqn.training") or name == "tiered_gqn.training"]
+    assert offenders == []

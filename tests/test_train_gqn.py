@@ -137,3 +137,16 @@ def test_a_signal_checkpoints_the_current_step_and_the_run_resumes(tmp_path, sig
     assert code == 0, err[-3000:]
     assert f"Resuming tiny GQN on shepard_metzler_5_parts at step {step} of" in err
     assert f"resumed from {model_dir / 'checkpoints' / f'ckpt-{step}'}" in err
+
+
+def test_a_time_budget_ends_the_run_with_its_final_outputs(tmp_path):
+    data = tmp_path / "data"
+    write_random_dataset(str(data), scenes=(8, 4), shards=(2, 1))
+    model_dir = tmp_path / "model"
+    code, err = train("--data_dir", str(data), "--preset", "tiny", "--model_dir", str(model_dir),
+                      "--batch_size", "2", "--max_steps", "1000000", "--max_minutes", "0.05")
+    assert code == 0, err[-3000:]
+    step = int(err.split("Done: step ")[1].split()[0])
+    assert 0 < step < 1_000_000
+    assert (model_dir / "model.keras").exists() and (model_dir / "final.png").exists()
+    assert (model_dir / "checkpoints" / f"ckpt-{step}.index").exists()

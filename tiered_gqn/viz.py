@@ -71,8 +71,12 @@ def save_gif(path, frames, seconds_per_frame=0.1, scale=2):
 
 
 def resize(images, size, method="bilinear"):
-    """Images [..., H, W, 3] resized to `size` x `size` (unchanged when already so), float32."""
-    images = np.asarray(images, np.float32)
+    """Images [..., H, W, 3] in [0, 1] (or uint8 bytes) resized to `size` x `size`, float32 in [0, 1].
+
+    Unchanged (but for the dtype) when already of that size.
+    """
+    images = np.asarray(images)
+    images = images * np.float32(1 / 255) if images.dtype == np.uint8 else images.astype(np.float32)
     if images.shape[-2] == size:
         return images
     lead = images.shape[:-3]

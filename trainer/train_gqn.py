@@ -26,6 +26,10 @@ flags.DEFINE_string("model_dir", None,
                     "(default: runs/gqn_<dataset>_<preset>); an existing run resumes.")
 flags.DEFINE_bool("random_context_size", True,
                   "Draw each batch's context size in [1, context_size], as the paper trains.")
+flags.DEFINE_float("max_minutes", None,
+                   "Also stop (with a checkpoint and the final outputs) after this many minutes of "
+                   "training in this invocation; the schedules still follow max_steps.",
+                   lower_bound=0.0)
 flags.DEFINE_integer("eval_every", 200, "Steps between evaluations on the test split (with images).",
                      lower_bound=1)
 flags.DEFINE_integer("eval_batches", 4, "Test batches per evaluation.", lower_bound=1)
@@ -48,8 +52,8 @@ def main(argv):
 
     from tiered_gqn import interrupts, viz
     from tiered_gqn.data import cache, datasets, reader
-    from tiered_gqn.models import GQN
-    from tiered_gqn.training import checkpoints, distribute, loop, machine, summaries
+    from tiered_gqn.models import GQN, machine
+    from tiered_gqn.training import checkpoints, distribute, loop, optimizers, summaries
 
     if FLAGS.model_dir is None:
         FLAGS.model_dir = os.path.join("runs", f"gqn_{FLAGS.dataset}_{FLAGS.preset}")
@@ -80,7 +84,7 @@ def main(argv):
     keras.utils.set_random_seed(config.seed)  # the initial weights too
     with strategy.scope():
         model = GQN.from_preset(config)
-        optimizer = config.optimizer()
+        optimizer = optimizers.for_config(config)
         optimizer.build(model.trainable_variables)
     trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, model_dir,
                            max_to_keep=FLAGS.keep_checkpoints, jit_compile=config.jit_compile == "on",
@@ -153,9 +157,12 @@ def main(argv):
         except tf.errors.OpError as error:
             raise loop.DataFault(error, trainer.checkpoints.latest, split="test") from None
         trainer.fit(data, config.max_steps, checkpoint_every=FLAGS.checkpoint_every,
-                    callbacks=[log_scalars, evaluate])
+                    callbacks=[log_scalars, evaluate],
+                    max_seconds=None if FLAGS.max_minutes is None else 60 * FLAGS.max_minutes)
         elapsed = time.time() - start_time
         final = test_metrics()
+        if trainer.step % FLAGS.eval_every and trainer.step < config.max_steps:  # stopped by time
+            writer.scalars("eval", trainer.step, final)
     except loop.DataFault as fault:
         files = reader.find_shards(data_dir, FLAGS.dataset, fault.split)
         error = reader.explain_data_error(fault.error, files, datasets.get_info(FLAGS.dataset),

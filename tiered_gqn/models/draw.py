@@ -28,7 +28,7 @@ from keras import ops
 
 from tiered_gqn.models import winograd
 from tiered_gqn.models.encoders import broadcast_spatial
-from tiered_gqn.training.elbo import as_float32, diag_gaussian_kl
+from tiered_gqn.models.elbo import as_float32, diag_gaussian_kl
 
 CONV_ALGORITHMS = ("direct", "winograd")
 

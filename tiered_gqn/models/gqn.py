@@ -6,9 +6,9 @@ from keras import ops
 
 from tiered_gqn.models.draw import ConvDRAW
 from tiered_gqn.models.encoders import Representation
-from tiered_gqn.training import elbo as elbo_lib
-from tiered_gqn.training import machine
-from tiered_gqn.training.schedules import annealed
+from tiered_gqn.models import elbo as elbo_lib
+from tiered_gqn.models import machine
+from tiered_gqn.models.schedules import annealed
 
 
 def unit_float(frames):

@@ -1,7 +1,8 @@
 """Every hyper-parameter of a GQN run, and the named presets.
 
 `GQNConfig` is the one source of truth: the model is built from
-`config.model_kwargs()`, the optimizer from `config.optimizer()`, and
+`config.model_kwargs()`, the optimizer from
+`tiered_gqn.training.optimizers.for_config(config)`, and
 `config.to_dict()` is what a run saves beside its checkpoints.
 """
 
@@ -104,7 +105,7 @@ class GQNConfig:
             (same rule as Keras Adam, fewer passes over memory).
         dtype_policy: "float32", "mixed_bfloat16", "mixed_float16" (with loss
             scaling), or "auto": the fastest sound one for the machine
-            (tiered_gqn.training.machine). Likelihood and KL stay float32.
+            (tiered_gqn.models.machine). Likelihood and KL stay float32.
         jit_compile: "on", "off", or "auto" (the machine's faster choice):
             compile the training step with XLA.
         seed: seed of the latent sampling, the data order and the view
@@ -264,32 +265,13 @@ class GQNConfig:
 
     def learning_rate(self):
         """The paper's annealed learning-rate schedule with this config's constants."""
-        from tiered_gqn.training.schedules import AnnealedSchedule
+        from tiered_gqn.models.schedules import AnnealedSchedule
 
         return AnnealedSchedule(self.lr_initial, self.lr_final, self.lr_steps, self.lr_warmup_steps)
 
-    def optimizer(self):
-        """A fresh Adam (fused if so set) with the annealed learning rate and this config's constants.
-
-        Under mixed_float16 it is wrapped in a dynamic loss-scale optimizer.
-        """
-        import keras
-
-        from tiered_gqn.training.optimizers import FusedAdam
-
-        optimizer = (FusedAdam if self.fused_adam else keras.optimizers.Adam)(
-            learning_rate=self.learning_rate(),
-            beta_1=self.adam_beta1,
-            beta_2=self.adam_beta2,
-            epsilon=self.adam_epsilon,
-        )
-        if self.dtype_policy == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        return optimizer
-
     def for_machine(self, machine=None):
         """A copy with "auto" settings resolved for `machine` (default: this one)."""
-        from tiered_gqn.training import machine as machine_lib
+        from tiered_gqn.models import machine as machine_lib
 
         return machine_lib.resolve(self, machine)
 
@@ -318,38 +300,52 @@ _BENCH8 = GQNConfig(
     jit_compile="off",
 )
 
+# A CPU model at the datasets' 64 x 64. Schedules are shortened to the run
+# length; sigma starts at 1.0, since from 2.0 over a few hundred steps the KL
+# collapsed to zero. The tower's 16x16 r lets the decoder use the context
+# within a few hundred steps; with the pool's 1x1 r, 2,500 steps still gave
+# one mean-like blob for every scene.
+_SMALL64 = GQNConfig(
+    encoder="tower",
+    r_dim=128,
+    h_dim=64,
+    z_dim=16,
+    num_steps=6,
+    shared_cores=True,
+    canvas_dim=32,
+    query_channels=64,  # h_dim, as the preset was tuned (the paper has 3)
+    batch_size=16,
+    context_size=5,
+    max_steps=500,
+    lr_initial=1e-3,
+    lr_final=5e-4,
+    lr_steps=500,
+    sigma_initial=1.0,
+    sigma_final=0.7,
+    sigma_steps=300,
+)
+
 # === Presets ===
 PRESETS = {
     # Eslami et al. 2018 as the paper-faithful ports set it, with each
     # dataset's largest context (context_size 0: see GQNConfig.for_dataset).
     "paper": GQNConfig(context_size=0),
-    # Trains visibly on a 2-core CPU within minutes: about 0.35 s per step
-    # (batch 16, 5 context views, 64x64) in mixed_bfloat16 (what "auto" picks
-    # on a CPU with AMX) with shared cores, so 500 steps take about 3 minutes.
-    # Schedules are shortened to the run length; sigma starts at 1.0, since
-    # from 2.0 over a few hundred steps the KL collapsed to zero.
-    "small": GQNConfig(
-        # The tower's 16x16 r lets the decoder use the context within a few
-        # hundred steps; with the pool's 1x1 r, 2,500 steps still gave one
-        # mean-like blob for every scene.
-        encoder="tower",
-        r_dim=128,
-        h_dim=64,
-        z_dim=16,
-        num_steps=6,
-        shared_cores=True,
-        canvas_dim=32,
-        query_channels=64,  # h_dim, as the preset was tuned (the paper has 3)
-        batch_size=16,
-        context_size=5,
-        max_steps=500,
-        lr_initial=1e-3,
-        lr_final=5e-4,
-        lr_steps=500,
-        sigma_initial=1.0,
-        sigma_final=0.7,
-        sigma_steps=300,
+    # The quick start's default: a 2-core CPU recipe (docs/quality.md). At
+    # 32 x 32 (frames resized from the records) with 3 DRAW steps a step takes
+    # about a third of small64's and learns as much per step: every lever
+    # measured gave the same prior-sample error after 1,500 steps, so the
+    # fastest step wins. Schedules end with the run.
+    "small": _SMALL64.replace(
+        image_size=32,
+        num_steps=3,
+        max_steps=800,
+        lr_steps=800,
+        sigma_steps=500,
     ),
+    # The previous default at the datasets' 64 x 64: about 0.46 s per step
+    # (batch 16, 5 context views) in mixed_bfloat16 (what "auto" picks on a
+    # CPU with AMX); 500 steps take about 4 minutes.
+    "small64": _SMALL64,
     # Unit tests: a few milliseconds per step.
     "tiny": GQNConfig(
         encoder="pool",

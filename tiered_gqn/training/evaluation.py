@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from tiered_gqn import viz
 from tiered_gqn.training import checkpoints
-from tiered_gqn.training import elbo as elbo_lib
+from tiered_gqn.models import elbo as elbo_lib
 
 # Per-example metrics, in table order.
 METRICS = ("mse", "mean_sample_mse", "psnr", "recon_mse", "elbo", "nll", "kl", "bits_per_dim")

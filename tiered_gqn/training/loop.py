@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from tiered_gqn import interrupts
 from tiered_gqn.models.gqn import unit_float
-from tiered_gqn.training import checkpoints, elbo
+from tiered_gqn.models import elbo
+from tiered_gqn.training import checkpoints
 
 # Terms of the model's `compute_losses` reported per step, averaged over the
 # global batch, and the names they are reported under: "mse" is the posterior

@@ -35,3 +35,21 @@ class FusedAdam(keras.optimizers.Adam):
             epsilon=ops.cast(self.epsilon, dtype),
             grad=ops.cast(gradient, dtype),
         )
+
+
+def for_config(config):
+    """A fresh Adam (fused if `config.fused_adam`) with the config's annealed learning
+    rate and constants; under mixed_float16, wrapped in a dynamic loss-scale optimizer.
+
+    Args:
+        config: a `tiered_gqn.models.presets.GQNConfig`.
+    """
+    optimizer = (FusedAdam if config.fused_adam else keras.optimizers.Adam)(
+        learning_rate=config.learning_rate(),
+        beta_1=config.adam_beta1,
+        beta_2=config.adam_beta2,
+        epsilon=config.adam_epsilon,
+    )
+    if config.dtype_policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

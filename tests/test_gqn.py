@@ -495,7 +495,7 @@ def test_preset_overrides_and_round_trip():
     "call,message",
     [
         (lambda: get_preset("huge"), "Unknown preset 'huge'; known presets: bench36, bench8, paper, small, small64, tiny."),
-        (lambda: get_preset("tiny", hdim=3), "Unknown GQNConfig field(s) hdim; known fields: encoder, r_dim"),
+        (lambda: get_preset("tiny", hdim=3), "Unknown GQNConfig field(s) hdim; known fields: encoder, aggregator, r_dim"),
         (lambda: get_preset("tiny", h_dim="8"), "GQNConfig.h_dim must be int, got '8' (str)."),
         (lambda: get_preset("tiny", h_dim=8.0), "GQNConfig.h_dim must be int, got 8.0 (float)."),
         (lambda: get_preset("tiny", shared_cores=1), "GQNConfig.shared_cores must be bool, got 1 (int)."),

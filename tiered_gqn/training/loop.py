@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 
 from tiered_gqn import interrupts
-from tiered_gqn.models.gqn import unit_float
 from tiered_gqn.models import elbo
+from tiered_gqn.models.gqn import unit_float
 from tiered_gqn.training import checkpoints
 
 # Terms of the model's `compute_losses` reported per step, averaged over the

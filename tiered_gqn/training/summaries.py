@@ -59,12 +59,9 @@ def prediction_grid(model, batch, num_samples=1, max_rows=6, seed=0):
     (frames, cameras, query), target = batch
     frames, cameras = frames[:max_rows], cameras[:max_rows]
     query, target = query[:max_rows], target[:max_rows]
-    seen, size = frames, model.image_size  # at the model's resolution, shown at the batch's
-    if np.shape(frames)[-2] != size:
-        seen, target_seen = viz.resize(frames, size, "area"), viz.resize(target, size, "area")
-    else:
-        target_seen = target
-    shown = np.shape(target)[-2]
+    # Run at the model's resolution, shown at the batch's.
+    size, shown = model.image_size, np.shape(target)[-2]
+    seen, target_seen = viz.resize(frames, size, "area"), viz.resize(target, size, "area")
     reconstruction = viz.resize(model.reconstruct(seen, cameras, query, target_seen, seed=seed), shown)
     samples = [viz.resize(model.generate(seen, cameras, query, seed=seed + 1 + i), shown)
                for i in range(num_samples)]

@@ -215,7 +215,7 @@ def test_gradients_reach_every_trainable_variable(shared):
     # canvas is seen as canvas_downsample's bias, zero-initialised: every row
     # multiplies zeros. Later steps' cores see non-zero inputs.
     first = model.decoder.inference_cores[0].step_kernel.path
-    assert first.endswith("/decoder/inference_core_0/step_kernel")
+    assert first.endswith("decoder/inference_core_0/step_kernel")
     assert zero == [first]
     h = TINY.h_dim
     assert tuple(model.decoder.inference_cores[0].step_kernel.shape)[2] == 3 * h
@@ -247,7 +247,7 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     model.save_weights(weights_path)
     rebuilt = GQN.from_preset(TINY, encoder="tower", **NEW_OPTIONS)
     rebuilt.load_weights(weights_path)
-    assert {k: loaded.get_config()[k] for k in NEW_OPTIONS} == NEW_OPTIONS
+    assert {k: loaded.decoder.get_config()[k] for k in NEW_OPTIONS} == NEW_OPTIONS
 
     for other in (loaded, rebuilt):
         out = other((frames, cameras, query, target), seed=11)
@@ -488,7 +488,12 @@ def test_preset_overrides_and_round_trip():
     assert GQNConfig.from_dict(config.to_dict()) == config
     model = GQN.from_preset("tiny", h_dim=12)
     assert model.h_dim == 12 and model.decoder.h_dim == 12
-    assert set(config.model_kwargs()) <= set(model.get_config())
+    # Every hyper-parameter of the config lands in the Encoder's or the Decoder's config.
+    parts = {**model.decoder.get_config(), **model.representation.get_config()}
+    kwargs = config.model_kwargs()
+    assert parts["encoder"] == kwargs.pop("encoder")
+    assert set(kwargs) <= set(parts)
+    assert parts["h_dim"] == 12 and parts["sigma_steps"] == config.sigma_steps
 
 
 @pytest.mark.parametrize(

@@ -205,7 +205,7 @@ class ConvLSTMCell(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")
-class ConvDRAW(keras.layers.Layer):
+class ConvDRAW(keras.Model):
     """The GQN's ConvDRAW decoder: an image from a representation r and a query camera.
 
     Call with `(r [B, h, w, r_dim], query_camera [B, P], target [B, H, W, 3])`
@@ -243,7 +243,7 @@ class ConvDRAW(keras.layers.Layer):
             mixed-precision policy (see `ConvLSTMCell`).
         image_channels: int. Channels of the images.
         seed: int or None. Seed of the latent sampling.
-        **kwargs: base layer arguments (name, dtype, ...).
+        **kwargs: base model arguments (name, dtype, ...).
     """
 
     def __init__(

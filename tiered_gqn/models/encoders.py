@@ -2,8 +2,8 @@
 
 An encoder maps one view (image [N, H, W, 3], camera [N, 7]) to an embedding
 [N, h, w, r_dim]: h = H / 4 for the tower, 1 for pool and pyramid.
-`Representation` folds the K context views of a scene into the batch, encodes
-them, and reduces over K with a pluggable aggregator.
+`Encoder`, the representation network, folds the K context views of a scene
+into the batch, encodes them, and reduces over K with a pluggable aggregator.
 """
 
 import keras
@@ -238,12 +238,16 @@ def get_aggregator(aggregator, **kwargs):
 
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")
-class Representation(keras.layers.Layer):
-    """Scene representation r from K context views: encode each view, then aggregate.
+class Encoder(keras.Model):
+    """The representation network: K context views to a scene representation r.
 
-    Call with `(context_frames [B, K, H, W, 3], context_cameras [B, K, P])`;
-    returns r [B, h, w, r_dim] (h = H / 4 for the tower, 1 otherwise). K is
-    dynamic.
+    Encodes each view with a tower, pool or pyramid encoder, then reduces
+    over the views with a pluggable aggregator. Call with
+    `(context_frames [B, K, H, W, 3], context_cameras [B, K, P])`, or also
+    `query_camera [B, P]` for an aggregator that reads the query (GEN memory:
+    `reads_query = True`); returns r [B, h, w, r_dim] (h = H / 4 for the
+    tower, 1 otherwise; a query-reading aggregator sets its own shape). K is
+    dynamic. Saves and loads alone as `.keras` and as weights.
 
     Args:
         encoder: str. "tower", "pool" or "pyramid".
@@ -252,20 +256,36 @@ class Representation(keras.layers.Layer):
             ("sum", "mean"), or a layer (or its serialized config) with the
             aggregator call signature
             `(view_embeddings [B, K, h, w, c], cameras [B, K, P]) -> r`.
-        **kwargs: base layer arguments (name, dtype, ...).
+        image_size: int or None. Frame height and width: the model is built
+            on construction; None builds it on its first call.
+        pose_dim: int. Camera vector length.
+        **kwargs: base model arguments (name, dtype, ...); the name defaults
+            to "representation", the one a GQN's checkpoints use.
     """
 
-    def __init__(self, encoder="tower", r_dim=256, aggregator=None, **kwargs):
+    def __init__(self, encoder="tower", r_dim=256, aggregator=None, image_size=None, pose_dim=7,
+                 **kwargs):
+        kwargs.setdefault("name", "representation")
         super().__init__(**kwargs)
         # === Config ===
         self.encoder_name = encoder
         self.r_dim = r_dim
+        self.image_size = image_size
+        self.pose_dim = pose_dim
 
         # === Layers ===
         self.encoder = get_encoder(encoder, r_dim, dtype=self.dtype_policy, name="encoder")
         self.aggregator = get_aggregator(aggregator, dtype=self.dtype_policy, name="aggregator")
 
-    def build(self, context_frames_shape, context_cameras_shape):
+        if image_size is not None:
+            self.build((None, None, image_size, image_size, 3), (None, None, pose_dim))
+
+    @property
+    def reads_query(self):
+        """Whether r depends on the query camera (a query-reading aggregator)."""
+        return bool(getattr(self.aggregator, "reads_query", False))
+
+    def build(self, context_frames_shape, context_cameras_shape, query_camera_shape=None):
         b, k = context_frames_shape[:2]
         n = None if b is None or k is None else b * k
         view_shape = (n,) + tuple(context_frames_shape[2:])
@@ -274,7 +294,12 @@ class Representation(keras.layers.Layer):
         embedding_shape = self.encoder.compute_output_shape(view_shape, camera_shape)
         embedding_shape = (b, k) + tuple(embedding_shape[1:])
         if not self.aggregator.built:
-            self.aggregator.build(embedding_shape, context_cameras_shape)
+            if self.reads_query:
+                self.aggregator.build(embedding_shape, context_cameras_shape,
+                                      (b, context_cameras_shape[-1]))
+            else:
+                self.aggregator.build(embedding_shape, context_cameras_shape)
+        self.built = True
 
     def embed_views(self, context_frames, context_cameras):
         """Per-view embeddings [B, K, h, w, r_dim] (before aggregation)."""
@@ -284,16 +309,34 @@ class Representation(keras.layers.Layer):
         embeddings = self.encoder(views, cameras)
         return ops.reshape(embeddings, (batch_size, num_views) + tuple(embeddings.shape[1:]))
 
-    def call(self, context_frames, context_cameras):
-        return self.aggregator(self.embed_views(context_frames, context_cameras), context_cameras)
+    def call(self, context_frames, context_cameras, query_camera=None, training=None):
+        embeddings = self.embed_views(context_frames, context_cameras)
+        if self.reads_query:
+            if query_camera is None:
+                raise ValueError(f"The {type(self.aggregator).__name__} aggregator reads the query "
+                                 "camera; call the encoder with query_camera.")
+            return self.aggregator(embeddings, context_cameras, query_camera)
+        return self.aggregator(embeddings, context_cameras)
 
-    def compute_output_shape(self, context_frames_shape, context_cameras_shape):
+    def compute_output_shape(self, context_frames_shape, context_cameras_shape,
+                             query_camera_shape=None):
         b, k = context_frames_shape[:2]
         view_shape = (None,) + tuple(context_frames_shape[2:])
         embedding_shape = (b, k) + tuple(
             self.encoder.compute_output_shape(view_shape, (None, context_cameras_shape[-1]))[1:]
         )
+        if self.reads_query:
+            return tuple(self.aggregator.compute_output_shape(
+                embedding_shape, context_cameras_shape, (b, context_cameras_shape[-1])))
         return tuple(self.aggregator.compute_output_shape(embedding_shape, context_cameras_shape))
+
+    def r_shape(self, image_size=None):
+        """The shape (h, w, c) of r for frames of `image_size` (default: the model's)."""
+        size = image_size or self.image_size
+        if size is None:
+            raise ValueError("r_shape needs an image_size: the Encoder was built without one.")
+        return tuple(self.compute_output_shape((None, None, size, size, 3),
+                                               (None, None, self.pose_dim))[1:])
 
     def get_config(self):
         config = super().get_config()
@@ -302,6 +345,12 @@ class Representation(keras.layers.Layer):
                 "encoder": self.encoder_name,
                 "r_dim": self.r_dim,
                 "aggregator": keras.saving.serialize_keras_object(self.aggregator),
+                "image_size": self.image_size,
+                "pose_dim": self.pose_dim,
             }
         )
         return config
+
+
+# The name of the representation network before it was a model of its own.
+Representation = Encoder

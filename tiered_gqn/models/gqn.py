@@ -1,42 +1,52 @@
-"""The Generative Query Network: representation network plus ConvDRAW decoder."""
+"""The Generative Query Network: an Encoder (representation network) and a Decoder (ConvDRAW renderer)."""
 
 import keras
 import tensorflow as tf
-from keras import ops
 
-from tiered_gqn.models.draw import ConvDRAW
-from tiered_gqn.models.encoders import Representation
-from tiered_gqn.models import elbo as elbo_lib
 from tiered_gqn.models import machine
-from tiered_gqn.models.schedules import annealed
+from tiered_gqn.models.decoder import Decoder, unit_float
+from tiered_gqn.models.encoders import Encoder
+from tiered_gqn.models.tiered import Tiered, _part, _refreeze, _unpack
 
-
-def unit_float(frames):
-    """Frames as float in [0, 1]: uint8 bytes become float32 * (1/255), as the
-    reader converts them; floats and None pass through."""
-    if frames is not None and keras.backend.standardize_dtype(frames.dtype) == "uint8":
-        return ops.cast(frames, "float32") * (1.0 / 255.0)
-    return frames
+# The flat arguments of a GQN built from hyper-parameters, by the part that takes them.
+ENCODER_ARGS = ("r_dim", "aggregator", "image_size", "pose_dim")
+DECODER_ARGS = ("h_dim", "z_dim", "num_steps", "shared_cores", "canvas_dim", "image_size",
+                "pose_dim", "kernel_size", "hoist", "fold_canvas", "remat", "conv_algorithm",
+                "query_channels", "float32_cell", "sigma_initial", "sigma_final", "sigma_steps",
+                "kl_warmup_steps", "free_bits", "seed")
 
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")
-class GQN(keras.Model):
-    """Generative Query Network (Eslami et al. 2018).
+class GQN(Tiered):
+    """Generative Query Network (Eslami et al. 2018): an Encoder and a Decoder.
 
     Inputs follow the reader's contract: context frames [B, K, H, W, 3] in
     [0, 1] (or uint8 bytes), context cameras [B, K, 7], query camera [B, 7],
     target frame [B, H, W, 3]; K may change from batch to batch. Calling the model runs a
-    training pass (latents from the posterior) and returns a dict with "mean"
-    [B, H, W, 3], "kl" [B] and "kl_per_step" [B, L], all float32.
+    training pass (latents from the posterior) and returns the renderer's dict
+    with "mean" [B, H, W, 3], "kl" [B] and "kl_per_step" [B, L], all float32
+    (and, with task heads, each head's outputs under its name).
 
-    The model is built on construction. `compile(optimizer=...)` then
-    `fit(dataset)` trains it on the negative ELBO (or, with `kl_warmup_steps`
-    or `free_bits`, on the objective `compute_losses` returns as "loss"),
-    with the pixel sigma and the KL weight annealed by the optimizer's
-    iteration count.
+    Build it from parts made elsewhere, `GQN(encoder=Encoder(...),
+    decoder=Decoder(...))` (a Decoder fits any Encoder of the same r shape),
+    or from hyper-parameters, `GQN(encoder="tower", r_dim=..., h_dim=...)`
+    as `from_preset` does. It may also carry task heads and a layer-2
+    network (see `Tiered`); the renderer reads r1 unless `head_inputs`
+    names "decoder".
+
+    `compile(optimizer=...)` then `fit(dataset)` trains it on the negative
+    ELBO (or, with `kl_warmup_steps` or `free_bits`, on the objective
+    `compute_losses` returns as "loss"), with the pixel sigma and the KL
+    weight annealed by the optimizer's iteration count.
 
     Args:
-        encoder: str. "tower", "pool" or "pyramid".
+        encoder: an `Encoder` (or its serialized config), or the encoder
+            name "tower", "pool" or "pyramid" to build one from the flat
+            arguments below.
+        decoder: a `Decoder` (or its serialized config); None builds one from
+            the flat arguments.
+        heads, layer2, head_inputs, head_weights: task heads and the layer-2
+            network, as in `Tiered`.
         r_dim: int. Channels of the representation r.
         h_dim: int. Hidden channels of the ConvDRAW cores.
         z_dim: int. Latent channels per DRAW step.
@@ -66,13 +76,18 @@ class GQN(keras.Model):
             loss as max(KL of the step, free_bits); 0: off.
         seed: int or None. Seed of the latent sampling.
         aggregator: None (sum over views), "sum", "mean", or an aggregator layer (or its
-            serialized config); see `Representation`.
+            serialized config); see `Encoder`.
         **kwargs: base model arguments (name, dtype, ...).
     """
 
     def __init__(
         self,
         encoder="tower",
+        decoder=None,
+        heads=(),
+        layer2=None,
+        head_inputs=None,
+        head_weights=None,
         r_dim=256,
         h_dim=128,
         z_dim=3,
@@ -97,75 +112,49 @@ class GQN(keras.Model):
         aggregator=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if isinstance(kl_warmup_steps, bool) or not isinstance(kl_warmup_steps, int) or kl_warmup_steps < 0:
-            raise ValueError(f"kl_warmup_steps must be an int >= 0, got {kl_warmup_steps!r}.")
-        if not 0 <= free_bits < float("inf"):
-            raise ValueError(f"free_bits must be a finite number >= 0, got {free_bits!r}.")
-        # === Config ===
-        self.encoder = encoder
-        self.r_dim = r_dim
-        self.h_dim = h_dim
-        self.z_dim = z_dim
-        self.num_steps = num_steps
-        self.shared_cores = shared_cores
-        self.canvas_dim = canvas_dim
-        self.image_size = image_size
-        self.pose_dim = pose_dim
-        self.kernel_size = kernel_size
-        self.hoist = hoist
-        self.fold_canvas = fold_canvas
-        self.remat = remat
-        if conv_algorithm == "auto":
-            conv_algorithm = machine.conv_algorithm(self.dtype_policy.name, kernel_size)
-        self.conv_algorithm = conv_algorithm
-        self.query_channels = h_dim if query_channels is None else query_channels
-        self.float32_cell = float32_cell
-        self.sigma_initial = sigma_initial
-        self.sigma_final = sigma_final
-        self.sigma_steps = sigma_steps
-        self.kl_warmup_steps = kl_warmup_steps
-        self.free_bits = float(free_bits)
-        self.seed = seed
-
-        # === Layers ===
-        dtype = self.dtype_policy
-        self.representation = Representation(
-            encoder, r_dim, aggregator=aggregator, dtype=dtype, name="representation"
-        )
-        self.decoder = ConvDRAW(
-            image_size=image_size,
-            num_steps=num_steps,
-            h_dim=h_dim,
-            z_dim=z_dim,
-            canvas_dim=canvas_dim,
-            shared_cores=shared_cores,
-            kernel_size=kernel_size,
-            hoist=hoist,
-            fold_canvas=fold_canvas,
-            remat=remat,
-            conv_algorithm=conv_algorithm,
-            query_channels=self.query_channels,
-            float32_cell=float32_cell,
-            seed=seed,
-            dtype=dtype,
-            name="decoder",
-        )
+        flat = dict(locals())
+        dtype = kwargs.get("dtype")
+        if isinstance(encoder, str):
+            encoder = Encoder(encoder, **{k: flat[k] for k in ENCODER_ARGS}, dtype=dtype,
+                              name="representation")
+        encoder = _part(encoder, "encoder")
+        if decoder is None:
+            args = {k: flat[k] for k in DECODER_ARGS}
+            if args["conv_algorithm"] == "auto":
+                policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
+                args["conv_algorithm"] = machine.conv_algorithm(policy.name, kernel_size)
+            decoder = Decoder(r_shape=self._r_shape_for(encoder, layer2, head_inputs, image_size),
+                              dtype=dtype, name="decoder", **args)
+        decoder = _part(decoder, "decoder")
+        super().__init__(encoder, heads=heads, layer2=layer2, head_inputs=head_inputs,
+                         head_weights=head_weights, **kwargs)
+        if not isinstance(decoder, Decoder):
+            raise ValueError(f"decoder must be a Decoder, got {type(decoder).__name__}.")
+        self.decoder = decoder
+        _refreeze(decoder)
+        r_shape = self._r_shape_for(self.representation, self.layer2, self.head_inputs,
+                                    decoder.image_size)
+        if tuple(r_shape) != tuple(decoder.r_shape):
+            raise ValueError(f"The decoder reads r of shape {tuple(decoder.r_shape)}, but the "
+                             f"{'layer2' if self.source('decoder') == 'r2' else 'encoder'} makes r "
+                             f"of shape {tuple(r_shape)}.")
 
         # === Metrics ===
         self.trackers = {
             name: keras.metrics.Mean(name=name) for name in ("elbo", "nll", "kl", "mse", "sigma")
         }
 
-        size = image_size
-        self.build(
-            (
-                (None, None, size, size, 3),
-                (None, None, pose_dim),
-                (None, pose_dim),
-                (None, size, size, 3),
-            )
-        )
+        self.built = True
+
+    def _extra_head_names(self):
+        return ("decoder",)
+
+    @staticmethod
+    def _r_shape_for(encoder, layer2, head_inputs, image_size):
+        """The shape of the r the renderer reads: r1's, or r2's when it reads r2."""
+        if (head_inputs or {}).get("decoder") == "r2":
+            return _part(layer2, "layer2").r2_shape
+        return encoder.r_shape(image_size)
 
     @classmethod
     def from_preset(cls, config, **overrides):
@@ -183,27 +172,39 @@ class GQN(keras.Model):
         config = config.for_machine()
         return cls(**config.model_kwargs(), dtype=config.dtype_policy)
 
-    def build(self, inputs_shape):
-        frames, cameras, query_camera, _ = inputs_shape
-        self.representation.build(tuple(frames), tuple(cameras))
-        r_shape = self.representation.compute_output_shape(tuple(frames), tuple(cameras))
-        self.decoder.build(tuple(r_shape), tuple(query_camera))
+    @property
+    def image_size(self):
+        """Frame height and width of the rendered images."""
+        return self.decoder.image_size
+
+    @property
+    def r_dim(self):
+        """Channels of r1."""
+        return self.representation.r_dim
 
     # === Forward passes ===
     # Frames may be float32 in [0, 1] or the reader's uint8 bytes (`unit_float`).
-    def represent(self, context_frames, context_cameras):
-        """Scene representation r [B, h, w, r_dim] (h = image/4 for the tower, else 1)."""
-        return self.representation(unit_float(context_frames), context_cameras)
+    def _renderer_r(self, reps):
+        return reps[self.source("decoder")]
 
     def call(self, inputs, training=False, seed=None):
         context_frames, context_cameras, query_camera, target_frame = inputs
-        r = self.representation(unit_float(context_frames), context_cameras, training=training)
-        return self.decoder(r, query_camera, unit_float(target_frame), training=training, seed=seed)
+        reps = self.representations(context_frames, context_cameras, query_camera, training)
+        outputs = self.decoder(self._renderer_r(reps), query_camera, unit_float(target_frame),
+                               training=training, seed=seed)
+        if self.heads:
+            float_inputs = (unit_float(context_frames), context_cameras, query_camera,
+                            unit_float(target_frame))
+            outputs = dict(outputs)
+            for head in self.heads:
+                outputs[head.name] = head(reps[self.source(head.name)], float_inputs,
+                                          training=training)
+        return outputs
 
     def generate(self, context_frames, context_cameras, query_camera, seed=None):
         """Image mean [B, H, W, 3] float32 with latents from the prior."""
-        r = self.represent(context_frames, context_cameras)
-        return self.decoder.generate(r, query_camera, seed=seed)
+        reps = self.representations(context_frames, context_cameras, query_camera)
+        return self.decoder.generate(self._renderer_r(reps), query_camera, seed=seed)
 
     def reconstruct(self, context_frames, context_cameras, query_camera, target_frame, seed=None):
         """Image mean [B, H, W, 3] float32 with latents from the posterior."""
@@ -213,75 +214,65 @@ class GQN(keras.Model):
     # === Objective ===
     def pixel_sigma(self, step):
         """Annealed pixel standard deviation at `step` (float32 scalar)."""
-        return annealed(step, self.sigma_initial, self.sigma_final, self.sigma_steps)
+        return self.decoder.pixel_sigma(step)
 
     def kl_weight(self, step=None):
-        """The KL weight beta of the training loss at optimizer `step` (float32 scalar).
-
-        min(step / kl_warmup_steps, 1); 1 without a warm-up or a step.
-        """
-        if not self.kl_warmup_steps or step is None:
-            return ops.ones((), "float32")
-        return ops.minimum(ops.cast(step, "float32") / float(self.kl_warmup_steps), 1.0)
+        """The KL weight beta of the training loss at optimizer `step` (see `Decoder.kl_weight`)."""
+        return self.decoder.kl_weight(step)
 
     def training_loss(self, nll, kl, kl_per_step, step=None):
-        """The training objective [B]: nll + beta * sum_l max(kl_per_step[:, l], free_bits).
-
-        With neither a warm-up nor free bits it is `nll + kl`, the negative ELBO.
-        """
-        if not self.kl_warmup_steps and not self.free_bits:
-            return nll + kl
-        if self.free_bits:
-            kl = ops.sum(ops.maximum(kl_per_step, self.free_bits), axis=1)
-        if self.kl_warmup_steps:
-            kl = self.kl_weight(step) * kl
-        return nll + kl
+        """The renderer's training objective [B] (see `Decoder.training_loss`)."""
+        return self.decoder.training_loss(nll, kl, kl_per_step, step)
 
     def compute_losses(self, batch, sigma, training=True, seed=None, return_outputs=False, step=None):
-        """Per-example float32 terms of the negative ELBO, and the training loss, for a reader batch.
+        """Per-example float32 terms of the negative ELBO, the heads' terms, and the training loss.
 
         Args:
-            batch: `((context_frames, context_cameras, query_camera), target_frame)`.
+            batch: `((context_frames, context_cameras, query_camera), target_frame)`,
+                or with a third item, the labels dict the heads read.
             sigma: pixel standard deviation (float or scalar tensor), usually
                 `self.pixel_sigma(optimizer.iterations)`.
             training: passed to the layers.
             seed: optional int for reproducible latent samples.
-            return_outputs: also return the model's output dict.
+            return_outputs: also return the renderer's output dict.
             step: the optimizer step (int or scalar tensor), for the KL
                 warm-up of "loss"; None counts as the end of the warm-up.
 
         Returns:
-            Dict of [B] float32 tensors: "elbo" (negative ELBO = nll + kl,
-            nats), "nll", "kl", "mse" (mean over subpixels), "elbo_bpd",
-            "nll_bpd" (bits per subpixel of the 8-bit image, with the 8 bits
-            of its discretisation), "kl_bpd" (KL bits per subpixel), and "loss": the training
-            objective (`training_loss`: the KL weighted by the warm-up and
-            with free bits; equal to "elbo" when both are off). Every other
-            term is the true negative ELBO's. With `return_outputs`, a pair
-            (that dict, the model's output dict).
+            Dict of [B] float32 tensors: the renderer's terms (see
+            `Decoder.compute_losses`: "elbo", "nll", "kl", "mse" of the
+            posterior reconstruction, "elbo_bpd", "nll_bpd", "kl_bpd"), each
+            head's as "<head>/<term>", and "loss": the renderer's training
+            objective plus the weighted heads' losses ("elbo" when there are
+            no heads, KL warm-up or free bits). With `return_outputs`, a pair
+            (that dict, the renderer's output dict).
         """
-        (context_frames, context_cameras, query_camera), target_frame = batch
-        inputs = (context_frames, context_cameras, query_camera, target_frame)
-        outputs = self(inputs, training=training, seed=seed)
-        target_frame = ops.cast(unit_float(target_frame), "float32")
-        nll = elbo_lib.gaussian_nll(target_frame, outputs["mean"], sigma)
-        kl = outputs["kl"]
-        elbo = nll + kl
-        loss = self.training_loss(nll, kl, outputs["kl_per_step"], step)
-        num_dims = 1
-        for dim in target_frame.shape[1:]:
-            num_dims *= int(dim)
-        losses = {
-            "elbo": elbo,
-            "nll": nll,
-            "kl": kl,
-            "mse": elbo_lib.squared_error(target_frame, outputs["mean"]),
-            "elbo_bpd": elbo_lib.discretised_bits_per_dim(elbo, num_dims),
-            "nll_bpd": elbo_lib.discretised_bits_per_dim(nll, num_dims),
-            "kl_bpd": elbo_lib.bits_per_dim(kl, num_dims),
-            "loss": loss,
-        }
+        inputs, labels = _unpack(batch)
+        reps = self.representations(*inputs[:3], training=training)
+        losses, outputs = self.decoder.compute_losses(
+            self._renderer_r(reps), inputs, training=training, sigma=sigma, step=step, seed=seed,
+            return_outputs=True)
+        if self.heads:
+            head_terms, total = self.head_losses(reps, inputs, labels, training)
+            loss = self.weight("decoder") * losses["loss"] + total
+            losses.update(head_terms)
+            losses["loss"] = loss
+        elif "decoder" in self.head_weights:
+            losses["loss"] = self.weight("decoder") * losses["loss"]
         return (losses, outputs) if return_outputs else losses
+
+    @property
+    def progress_terms(self):
+        return self.decoder.progress_terms + super().progress_terms
+
+    def label_spec(self, dataset):
+        return super().label_spec(dataset)
+
+    def parts(self):
+        """(name, model) of every part: representation, [layer2], decoder, heads."""
+        parts = super().parts()
+        return parts[:1 + (self.layer2 is not None)] + [("decoder", self.decoder)] + parts[
+            1 + (self.layer2 is not None):]
 
     # === Keras training ===
     @property
@@ -318,31 +309,16 @@ class GQN(keras.Model):
     # === Config ===
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "encoder": self.encoder,
-                "r_dim": self.r_dim,
-                "h_dim": self.h_dim,
-                "z_dim": self.z_dim,
-                "num_steps": self.num_steps,
-                "shared_cores": self.shared_cores,
-                "canvas_dim": self.canvas_dim,
-                "image_size": self.image_size,
-                "pose_dim": self.pose_dim,
-                "kernel_size": self.kernel_size,
-                "hoist": self.hoist,
-                "fold_canvas": self.fold_canvas,
-                "remat": self.remat,
-                "conv_algorithm": self.conv_algorithm,
-                "query_channels": self.query_channels,
-                "float32_cell": self.float32_cell,
-                "sigma_initial": self.sigma_initial,
-                "sigma_final": self.sigma_final,
-                "sigma_steps": self.sigma_steps,
-                "kl_warmup_steps": self.kl_warmup_steps,
-                "free_bits": self.free_bits,
-                "seed": self.seed,
-                "aggregator": keras.saving.serialize_keras_object(self.representation.aggregator),
-            }
-        )
+        config["decoder"] = keras.saving.serialize_keras_object(self.decoder)
         return config
+
+
+def _renderer_setting(name):
+    return property(lambda self: getattr(self.decoder, name),
+                    doc=f"The renderer's {name} (read-only; set it on the Decoder).")
+
+
+# The renderer's hyper-parameters, read through the model (model.h_dim, model.sigma_steps, ...).
+for _name in DECODER_ARGS:
+    if _name != "image_size":
+        setattr(GQN, _name, _renderer_setting(_name))

@@ -114,8 +114,11 @@ def _variables(model):
 
     Weights are keyed by their Keras path below the model (tf.train.Checkpoint
     does not follow the layers Keras 3 holds in lists, such as the ConvDRAW
-    cores), without the model's own name.
-    Variables outside the model's name scope (a `SeedGenerator`'s
+    cores), without the model's own name. A part built elsewhere and then
+    put in the model (an Encoder restored from another run) is keyed from its
+    own name on, as if it had been built inside: `representation/encoder/...`
+    either way.
+    Variables outside every part's name scope (a `SeedGenerator`'s
     `seed_generator_1/seed_generator_state`) get their auto-numbered first
     name renumbered within the model, so the key is the same in every process.
 
@@ -124,13 +127,20 @@ def _variables(model):
     """
     prefix = model.name + "/"
     weights = {id(v) for v in model.weights}
+    owner = {}
+    for part in getattr(model, "layers", ()):
+        for v in part.variables:
+            owner.setdefault(id(v), part.name)
     keys, counts = {}, {}
     for v in model.variables:
+        names = v.path.split("/")
         if v.path.startswith(prefix):
             key = v.path.removeprefix(prefix)
+        elif owner.get(id(v)) in names[:-1]:
+            key = "/".join(names[names.index(owner[id(v)]):])
         else:
-            first, _, rest = v.path.partition("/")
-            base = re.sub(r"_\d+$", "", first)
+            base = re.sub(r"_\d+$", "", names[0])
+            rest = "/".join(names[1:])
             count = counts.get((base, rest), 0)
             counts[(base, rest)] = count + 1
             key = f"{base if count == 0 else f'{base}_{count}'}/{rest}"

@@ -122,11 +122,11 @@ def saved_run(model_dir):
 # Settings a run cannot resume with other values of: the weights or the data
 # position would no longer mean what they meant.
 _FIXED_FIELDS = tuple(name for name in presets.MODEL_FIELDS if name not in presets.COMPUTE_FIELDS) + (
-    "batch_size",)
+    presets.TIER_FIELDS + ("batch_size",))
 
 
-def run_config(saved, dataset, model_dir):
-    """The run's config and notes: the preset with the flags' overrides, or the saved run's.
+def run_config(saved, dataset, model_dir, base=None):
+    """The run's config and notes: the preset (or `base`) with the flags' overrides, or the saved run's.
 
     Resuming, the flags may change compute-only settings, the precision
     between float32 and bfloat16 (the variables stay float32) and training
@@ -135,7 +135,8 @@ def run_config(saved, dataset, model_dir):
     """
     overrides = preset_overrides()
     if saved is None:
-        return presets.get_preset(FLAGS.preset, **overrides).for_dataset(dataset).for_machine(), []
+        base = presets.get_preset(FLAGS.preset) if base is None else base
+        return base.replace(**overrides).for_dataset(dataset).for_machine(), []
     before, where = saved["config"], model_dir
     if FLAGS["preset"].present and FLAGS.preset != saved.get("preset", FLAGS.preset):
         cli.fail(f"--preset {FLAGS.preset}: {where} holds a {saved['preset']} run; resume it "

@@ -157,20 +157,38 @@ class GQN(Tiered):
         return encoder.r_shape(image_size)
 
     @classmethod
-    def from_preset(cls, config, **overrides):
+    def from_preset(cls, config, dataset=None, **overrides):
         """A new GQN from a `GQNConfig` or a preset name (with field overrides).
 
         The dtype policy of the config is passed as the model's `dtype`
-        ("auto" is resolved for this machine).
+        ("auto" is resolved for this machine). With task heads or a layer-2
+        network in the config, they are built too (the properties head needs
+        `dataset`).
         """
         from tiered_gqn.models.presets import get_preset
+        from tiered_gqn.models.tiered import tier_parts
 
         if isinstance(config, str):
             config = get_preset(config, **overrides)
         elif overrides:
             config = config.replace(**overrides)
         config = config.for_machine()
-        return cls(**config.model_kwargs(), dtype=config.dtype_policy)
+        model = cls(**config.model_kwargs(), dtype=config.dtype_policy)
+        if not (config.heads or config.layer2_dim):
+            return model
+        return cls(encoder=model.representation, **cls._decoder_args(model.decoder, config),
+                   **tier_parts(config, model.representation, dataset, config.dtype_policy))
+
+    @staticmethod
+    def _decoder_args(decoder, config):
+        """{"decoder": decoder}, rebuilt for r2 when the config's renderer reads r2."""
+        from tiered_gqn.models.presets import RENDERER
+
+        if RENDERER not in config.layer2_heads.split(","):
+            return {"decoder": decoder}
+        settings = decoder.get_config()
+        settings.update(r_shape=(*decoder.r_shape[:2], config.layer2_dim), name=RENDERER)
+        return {"decoder": Decoder.from_config(settings)}
 
     @property
     def image_size(self):

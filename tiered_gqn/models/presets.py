@@ -42,6 +42,11 @@ MODEL_FIELDS = (
     "free_bits",
     "seed",
 )
+# Fields of the task heads and the layer-2 network (`GQN.from_preset` builds them).
+TIER_FIELDS = ("heads", "layer2_dim", "layer2_heads", "layer2_query")
+# Task heads a config can name (tiered_gqn.models.heads.HEADS), and the renderer's name.
+HEAD_NAMES = ("localization", "properties")
+RENDERER = "decoder"
 # Model fields that change how the model computes (its numerics at most), not
 # its weights or what it computes: a run may resume with other values of these.
 COMPUTE_FIELDS = ("hoist", "fold_canvas", "remat", "conv_algorithm", "float32_cell")
@@ -81,6 +86,15 @@ class GQNConfig:
         float32_cell: keep the ConvLSTM cell states (and the gate
             nonlinearities) in float32 under mixed precision; h stays in the
             compute dtype. Numerics only: a run may resume with either value.
+        heads: task heads trained with the representation, comma-separated
+            from localization, properties ("" for none); each reads r1 unless
+            named in layer2_heads.
+        head_weights: weights of the heads' losses in the training loss, as
+            "name=weight,..." (the renderer is "decoder"); 1 for any not named.
+        layer2_dim: channels of the layer-2 representation r2 (0: no layer 2).
+        layer2_heads: heads that read r2 instead of r1, comma-separated
+            (the renderer is "decoder").
+        layer2_query: the layer-2 network reads the query camera too.
         batch_size: global batch size (scenes per step over all replicas).
         context_size: largest number of context views; 0: the dataset's
             maximum (`for_dataset` resolves it).
@@ -130,6 +144,12 @@ class GQNConfig:
     conv_algorithm: str = "auto"
     query_channels: int = 3
     float32_cell: bool = True
+    # === Tiers ===
+    heads: str = ""
+    head_weights: str = ""
+    layer2_dim: int = 0
+    layer2_heads: str = ""
+    layer2_query: bool = False
     # === Training ===
     batch_size: int = 36
     context_size: int = 5
@@ -216,6 +236,43 @@ class GQNConfig:
             fail(f"r_dim {self.r_dim} must be even for the {self.encoder} encoder.")
         if self.encoder == "pyramid" and self.r_dim % 8:
             fail(f"r_dim {self.r_dim} must be a multiple of 8 for the pyramid encoder.")
+        self._check_tiers(fail)
+
+    def _check_tiers(self, fail):
+        heads = self.head_names()
+        for name in heads:
+            if name not in HEAD_NAMES:
+                fail(f"heads names {name!r}; expected some of: {', '.join(HEAD_NAMES)}.")
+        if len(set(heads)) != len(heads):
+            fail(f"heads {self.heads!r} names a head twice.")
+        if self.layer2_dim < 0:
+            fail(f"layer2_dim must be at least 0 (0: no layer 2), got {self.layer2_dim}.")
+        for name in _names(self.layer2_heads):
+            if name not in heads + [RENDERER]:
+                fail(f"layer2_heads names {name!r}, which is not among the heads "
+                     f"({', '.join(heads + [RENDERER])}).")
+            if not self.layer2_dim:
+                fail(f"layer2_heads {self.layer2_heads!r} needs layer2_dim > 0.")
+        for item in _names(self.head_weights):
+            name, _, value = item.partition("=")
+            if name not in heads + [RENDERER]:
+                fail(f"head_weights names {name!r}, which is not among the heads "
+                     f"({', '.join(heads + [RENDERER])}).")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = -1.0
+            if not 0 <= weight < math.inf:
+                fail(f"head_weights entry {item!r} needs a weight >= 0: name=weight.")
+
+    def head_names(self):
+        """The task heads of `heads`, as a list."""
+        return _names(self.heads)
+
+    def head_weight_map(self):
+        """`head_weights` as a dict name -> float."""
+        return {item.partition("=")[0]: float(item.partition("=")[2])
+                for item in _names(self.head_weights)}
 
     # === Conversions ===
     @classmethod
@@ -274,6 +331,11 @@ class GQNConfig:
         from tiered_gqn.models import machine as machine_lib
 
         return machine_lib.resolve(self, machine)
+
+
+def _names(text):
+    """The comma-separated names of `text`, stripped, without empty ones."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _check_fields(values):

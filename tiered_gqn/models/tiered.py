@@ -10,6 +10,7 @@ renderer is a Decoder.
 import keras
 from keras import ops
 
+from tiered_gqn.models import heads as heads_lib
 from tiered_gqn.models.decoder import unit_float
 from tiered_gqn.models.encoders import Encoder, broadcast_spatial
 
@@ -260,6 +261,43 @@ class Tiered(keras.Model):
             }
         )
         return config
+
+
+def new_head(name, r_shape, image_size, dataset=None, dtype=None):
+    """A new task head by name (see `heads.HEADS`), named `name`, for r of `r_shape`."""
+    kwargs = {"dataset": dataset} if name == "properties" else {}
+    if name == "properties" and dataset is None:
+        raise ValueError("The properties head needs the dataset its labels come from.")
+    return heads_lib.get_head(name, r_shape=tuple(r_shape), image_size=image_size, dtype=dtype,
+                              name=name, **kwargs)
+
+
+def tier_parts(config, encoder, dataset=None, dtype=None, heads=None):
+    """The layer-2 network and task heads a `GQNConfig` names, over `encoder`.
+
+    Args:
+        config: the GQNConfig (fields heads, head_weights, layer2_dim,
+            layer2_heads, layer2_query, image_size).
+        encoder: the Encoder the parts read.
+        dataset: the dataset name (the properties head's labels).
+        dtype: the parts' dtype policy.
+        heads: the head names to build (default: `config.head_names()`).
+
+    Returns:
+        A dict of `Tiered` arguments: "heads", "layer2", "head_inputs", "head_weights".
+    """
+    r1 = encoder.r_shape(config.image_size)
+    layer2 = None
+    if config.layer2_dim:
+        layer2 = Layer2(r_shape=r1, r2_dim=config.layer2_dim, hidden_dim=config.layer2_dim,
+                        use_query=config.layer2_query, pose_dim=config.pose_dim, dtype=dtype)
+    reads_r2 = [name.strip() for name in config.layer2_heads.split(",") if name.strip()]
+    names = config.head_names() if heads is None else list(heads)
+    built = [new_head(name, layer2.r2_shape if name in reads_r2 else r1, config.image_size,
+                      dataset, dtype) for name in names]
+    return {"heads": built, "layer2": layer2,
+            "head_inputs": {name: "r2" for name in reads_r2},
+            "head_weights": config.head_weight_map()}
 
 
 def _refreeze(part):

@@ -551,11 +551,30 @@ class Checkpoints:
             raise CheckpointError(f"{prefix} does not fit this model: it has {name}, which the model has not.")
 
 
-def restore_model(model_dir):
+def build_model(run):
+    """A new (unrestored) model of a run: from its saved model config, else from its GQNConfig.
+
+    Runs of trainer.train_gqn rebuild from the config (so compute-only
+    settings may change on resume); runs of train_decoder and train_encoder,
+    whose parts came from elsewhere, save the model's own config as "model".
+    """
+    if run.get("model"):
+        return keras.saving.deserialize_keras_object(run["model"])
+    from tiered_gqn.models import GQN
+
+    return GQN.from_preset(run["config"], dataset=run.get("dataset"))
+
+
+def restore_model(model_dir, prefix=None):
     """Rebuilds the model of a run from its run.json and restores its latest intact checkpoint.
 
     Nothing in the run directory is changed; a damaged latest checkpoint is
     reported and the previous one used.
+
+    Args:
+        model_dir: the run directory.
+        prefix: a checkpoint prefix (`.../checkpoints/ckpt-N`) to restore
+            instead of the latest.
 
     Returns:
         (model, run, step): `run` as from `load_run` plus `run["checkpoint"]`,
@@ -565,13 +584,17 @@ def restore_model(model_dir):
         FileNotFoundError: there is no run.json.
         CheckpointError: there is no readable checkpoint, or it does not fit.
     """
-    from tiered_gqn.models import GQN
-
     run = load_run(model_dir)
-    model = GQN.from_preset(run["config"])
+    model = build_model(run)
     store = Checkpoints(model, None, model_dir, writable=False)
-    path = store.restore()
-    if path is None:
-        raise CheckpointError(f"No checkpoint in {store.directory}.")
+    if prefix is None:
+        path = store.restore()
+        if path is None:
+            raise CheckpointError(f"No checkpoint in {store.directory}.")
+    else:
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise CheckpointError(f"{prefix}: no such checkpoint ({prefix}.index is missing).")
+        store._read(prefix)
+        path = prefix
     run["checkpoint"] = path
     return model, run, store.step

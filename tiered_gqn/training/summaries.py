@@ -48,7 +48,7 @@ def prediction_grid(model, batch, num_samples=1, max_rows=6, seed=0):
 
     Args:
         model: a GQN.
-        batch: a reader batch `((context_frames, context_cameras, query_camera), target)`.
+        batch: a reader batch `((context_frames, context_cameras, query_camera), target[, labels])`.
         num_samples: prior samples per scene.
         max_rows: scenes shown.
         seed: seed of the latent samples.
@@ -56,7 +56,7 @@ def prediction_grid(model, batch, num_samples=1, max_rows=6, seed=0):
     Returns:
         uint8 [H, W, 3], see `viz.scene_grid`.
     """
-    (frames, cameras, query), target = batch
+    (frames, cameras, query), target = batch[:2]
     frames, cameras = frames[:max_rows], cameras[:max_rows]
     query, target = query[:max_rows], target[:max_rows]
     # Run at the model's resolution, shown at the batch's.

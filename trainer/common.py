@@ -87,6 +87,11 @@ def define_run_flags():
                          "that stop the run.", lower_bound=1)
 
 
+def gqn_run_dir(dataset, preset):
+    """The default run directory of `python -m trainer.train_gqn` for a dataset and preset."""
+    return os.path.join("runs", f"gqn_{dataset}_{preset}")
+
+
 def absolute(path):
     """A local path made absolute; URLs (gs://...) unchanged."""
     return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))

@@ -8,20 +8,13 @@
 Rerunning with the same --model_dir resumes from its last checkpoint.
 """
 
-import os
-
 from absl import flags, logging
 
 from tiered_gqn import cli
-from trainer import runner
+from trainer import common, runner
 
 FLAGS = flags.FLAGS
 runner.define_flags("runs/gqn_<dataset>_<preset>")
-
-
-def default_model_dir(dataset, preset):
-    """The run directory of `python -m trainer.train_gqn` for a dataset and preset."""
-    return os.path.join("runs", f"gqn_{dataset}_{preset}")
 
 
 def build(config, dataset):
@@ -31,7 +24,7 @@ def build(config, dataset):
     return runner.Built(GQN.from_preset(config, dataset=dataset), sources={})
 
 
-JOB = runner.Job(command="train_gqn", default_model_dir=default_model_dir, build=build,
+JOB = runner.Job(command="train_gqn", default_model_dir=common.gqn_run_dir, build=build,
                  from_saved_model=False)
 
 

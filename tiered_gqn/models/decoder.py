@@ -9,8 +9,24 @@ import keras
 from keras import ops
 
 from tiered_gqn.models import elbo as elbo_lib
+from tiered_gqn.models import machine
 from tiered_gqn.models.draw import ConvDRAW
 from tiered_gqn.models.schedules import annealed
+
+# The GQNConfig fields a Decoder is built from.
+DECODER_ARGS = ("h_dim", "z_dim", "num_steps", "shared_cores", "canvas_dim", "image_size",
+                "pose_dim", "kernel_size", "hoist", "fold_canvas", "remat", "conv_algorithm",
+                "query_channels", "float32_cell", "sigma_initial", "sigma_final", "sigma_steps",
+                "kl_warmup_steps", "free_bits", "seed")
+
+
+def decoder_kwargs(values, dtype=None):
+    """The Decoder arguments among `values` (a dict of GQNConfig fields), "auto" convs resolved."""
+    args = {name: values[name] for name in DECODER_ARGS}
+    if args["conv_algorithm"] == "auto":
+        policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
+        args["conv_algorithm"] = machine.conv_algorithm(policy.name, args["kernel_size"])
+    return args
 
 
 def unit_float(frames):
@@ -70,6 +86,13 @@ class Decoder(ConvDRAW):
         self.free_bits = float(free_bits)
 
         self.build((None,) + self.r_shape, (None, pose_dim))
+
+    @classmethod
+    def from_preset(cls, config, r_shape, **kwargs):
+        """A new Decoder of a `GQNConfig`'s hyper-parameters, reading r of `r_shape`."""
+        config = config.for_machine()
+        return cls(r_shape=tuple(r_shape), dtype=config.dtype_policy,
+                   **decoder_kwargs(config.to_dict(), config.dtype_policy), **kwargs)
 
     # === Objective ===
     def pixel_sigma(self, step):

@@ -3,17 +3,12 @@
 import keras
 import tensorflow as tf
 
-from tiered_gqn.models import machine
-from tiered_gqn.models.decoder import Decoder, unit_float
+from tiered_gqn.models.decoder import DECODER_ARGS, Decoder, decoder_kwargs, unit_float
 from tiered_gqn.models.encoders import Encoder
 from tiered_gqn.models.tiered import Tiered, _part, _refreeze, _unpack
 
 # The flat arguments of a GQN built from hyper-parameters, by the part that takes them.
 ENCODER_ARGS = ("r_dim", "aggregator", "image_size", "pose_dim")
-DECODER_ARGS = ("h_dim", "z_dim", "num_steps", "shared_cores", "canvas_dim", "image_size",
-                "pose_dim", "kernel_size", "hoist", "fold_canvas", "remat", "conv_algorithm",
-                "query_channels", "float32_cell", "sigma_initial", "sigma_final", "sigma_steps",
-                "kl_warmup_steps", "free_bits", "seed")
 
 
 @keras.saving.register_keras_serializable(package="tiered_gqn")
@@ -119,10 +114,7 @@ class GQN(Tiered):
                               name="representation")
         encoder = _part(encoder, "encoder")
         if decoder is None:
-            args = {k: flat[k] for k in DECODER_ARGS}
-            if args["conv_algorithm"] == "auto":
-                policy = keras.dtype_policies.get(dtype) if dtype else keras.config.dtype_policy()
-                args["conv_algorithm"] = machine.conv_algorithm(policy.name, kernel_size)
+            args = decoder_kwargs(flat, dtype)
             decoder = Decoder(r_shape=self._r_shape_for(encoder, layer2, head_inputs, image_size),
                               dtype=dtype, name="decoder", **args)
         decoder = _part(decoder, "decoder")

@@ -153,6 +153,20 @@ class Tiered(keras.Model):
                 raise ValueError(f"Head {name!r} reads {source!r}; expected one of: {', '.join(SOURCES)}.")
             if source == "r2" and self.layer2 is None:
                 raise ValueError(f"Head {name!r} reads r2, but the model has no layer2.")
+        for head in self.heads:
+            expected = self.r_shape(self.source(head.name))
+            if expected is not None and tuple(getattr(head, "r_shape", expected)) != expected:
+                what = "the layer2" if self.source(head.name) == "r2" else "the encoder"
+                raise ValueError(f"Head {head.name!r} reads {self.source(head.name)} of shape "
+                                 f"{tuple(head.r_shape)}, but {what} makes {expected}.")
+
+    def r_shape(self, source="r1"):
+        """The shape (h, w, c) of r1 or r2 (None if the encoder has no image size)."""
+        if source == "r2":
+            return tuple(self.layer2.r2_shape)
+        if self.representation.image_size is None:
+            return None
+        return tuple(self.representation.r_shape())
 
     def _extra_head_names(self):
         """Names of heads held outside `heads` (the GQN's renderer)."""

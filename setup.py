@@ -25,5 +25,5 @@ setuptools.setup(
         "numpy>=1.26",
         "pillow>=10.0",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "gcp-storage-emulator"]},
 )

@@ -127,7 +127,7 @@ def saved_run(model_dir):
 # Settings a run cannot resume with other values of: the weights or the data
 # position would no longer mean what they meant.
 _FIXED_FIELDS = tuple(name for name in presets.MODEL_FIELDS if name not in presets.COMPUTE_FIELDS) + (
-    presets.TIER_FIELDS + ("batch_size",))
+    presets.TIER_FIELDS + presets.GEN_FIELDS + ("batch_size",))
 
 
 def run_config(saved, dataset, model_dir, base=None):
@@ -192,3 +192,11 @@ def check_run_dir(model_dir):
         cli.fail("--model_dir is required: a run directory written by trainer.train_gqn.")
     if "://" not in model_dir and not os.path.isdir(model_dir):
         cli.fail(f"--model_dir {model_dir} does not exist.")
+
+
+def check_renders(model, model_dir):
+    """Fails with one line unless the run's model has a renderer (a Decoder)."""
+    if not hasattr(model, "generate"):
+        heads = ", ".join(name for name, _ in model.parts()[1:]) or "no heads"
+        cli.fail(f"--model_dir {model_dir} holds a {type(model).__name__} model ({heads}) with no "
+                 "renderer; evaluate and render need one (train it with trainer.train_decoder).")

@@ -60,6 +60,7 @@ def main(argv):
 
     model_dir = FLAGS.model_dir
     model, run, step = checkpoints.restore_model(model_dir)
+    common.check_renders(model, model_dir)
     config = run["config"]
     sigma, sigma_source = evaluation.final_sigma(model, step)
     data_dir = FLAGS.data_dir or run["data_dir"]

@@ -69,6 +69,7 @@ def main(argv):
     if "://" not in out and os.path.exists(out) and not os.path.isdir(out):
         cli.fail(f"--out {out} is a file; expected an output folder.")
     model, run, _ = checkpoints.restore_model(model_dir)
+    common.check_renders(model, model_dir)
     try:
         config = run["config"]
         data_dir = FLAGS.data_dir or run["data_dir"]

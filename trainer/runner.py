@@ -157,11 +157,20 @@ def run(job):
     renders = hasattr(model, "generate")
     labels = model.label_spec(FLAGS.dataset) or None
 
-    def load(split, **kwargs):
+    if config.compose_sizes():
+        fail_unless(FLAGS.dataset == "mazes", f"--compose {config.compose}: maze compositions "
+                    f"need --dataset mazes, not {FLAGS.dataset}.")
+        fail_unless(not labels, f"--compose {config.compose}: task heads do not read maze "
+                    "compositions yet; train them on single mazes.")
+
+    def load(split, random_context_size=False, seed=None, start_step=0):
+        if config.compose_sizes():
+            return composed_data(data_dir, split, config, seed, start_step)
         return reader.load(
             FLAGS.dataset, data_dir, split, batch_size=config.batch_size,
             context_size=config.context_size, image_size=config.image_size,
-            skip_corrupt=FLAGS.skip_corrupt, labels=labels, **kwargs)
+            skip_corrupt=FLAGS.skip_corrupt, labels=labels,
+            random_context_size=random_context_size, seed=seed, start_step=start_step)
 
     def train_data(start_step=0):
         return load("train", random_context_size=FLAGS.random_context_size, seed=config.seed,
@@ -234,7 +243,7 @@ def run(job):
     def log_scalars(step, metrics, rate):
         if step % FLAGS.log_every == 0 or step >= config.max_steps:
             values = {**metrics, "learning_rate": trainer.learning_rate(), "scenes_per_s": rate,
-                      "skipped_records": int(data.skipped_records.numpy()),
+                      "skipped_records": skipped(data),
                       "nonfinite_steps": trainer.nonfinite_steps}
             if hasattr(model, "pixel_sigma"):
                 values["sigma"] = trainer.sigma()
@@ -284,9 +293,36 @@ def run(job):
         outputs.append(f"  evaluate:    python -m trainer.evaluate --model_dir {model_dir}")
     print(f"\nDone: step {trainer.step} in {elapsed:.0f} s this run. {_final_line(final)}; "
           f"{trainer.nonfinite_steps} non-finite steps skipped, "
-          f"{int(data.skipped_records.numpy())} corrupt records skipped this run.\n"
+          f"{skipped(data)} corrupt records skipped this run.\n"
           + "\n".join(outputs), file=sys.stderr)
     return model_dir
+
+
+def skipped(data):
+    """Corrupt records the input pipeline skipped (0 for one that does not count them)."""
+    counter = getattr(data, "skipped_records", None)
+    return 0 if counter is None else int(counter.numpy())
+
+
+def composed_data(data_dir, split, config, seed=None, start_step=0):
+    """Batches of k x k maze compositions, one k of `config.compose` after the other.
+
+    No global shift, so that the compositions stay on the GEN node grid; a
+    seeded stream resumes exactly at `start_step` (by skipping batches).
+    """
+    import tensorflow as tf
+
+    from tiered_gqn.data import compose
+
+    sizes = config.compose_sizes()
+    streams = [compose.load_composed(data_dir, split, k=k, batch_size=config.batch_size,
+                                     context_size=config.context_size,
+                                     seed=None if seed is None else seed + 7919 * k,
+                                     image_size=config.image_size, shift=0.0)
+               for k in sizes]
+    data = streams[0] if len(streams) == 1 else tf.data.Dataset.choose_from_datasets(
+        streams, tf.data.Dataset.range(len(streams)).repeat())
+    return data.skip(start_step) if start_step else data
 
 
 def fail_unless(condition, message):

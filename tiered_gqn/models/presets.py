@@ -11,6 +11,8 @@ import math
 import typing
 
 ENCODERS = ("tower", "pool", "pyramid")
+REPRESENTATIONS = ("gqn", "gen")
+INSERTIONS = ("bilinear", "soft")
 AGGREGATORS = ("sum", "mean")
 DTYPE_POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_COMPILE = ("auto", "on", "off")
@@ -44,6 +46,8 @@ MODEL_FIELDS = (
 )
 # Fields of the task heads and the layer-2 network (`GQN.from_preset` builds them).
 TIER_FIELDS = ("heads", "layer2_dim", "layer2_heads", "layer2_query")
+# Fields of the Graph Element Network memory (representation "gen").
+GEN_FIELDS = ("representation", "gen_grid", "gen_insertion", "gen_steps", "gen_rescale")
 # Task heads a config can name (tiered_gqn.models.heads.HEADS), and the renderer's name.
 HEAD_NAMES = ("localization", "properties")
 RENDERER = "decoder"
@@ -86,6 +90,20 @@ class GQNConfig:
         float32_cell: keep the ConvLSTM cell states (and the gate
             nonlinearities) in float32 under mixed precision; h stays in the
             compute dtype. Numerics only: a run may resume with either value.
+        representation: "gqn" (the encoder's view embeddings reduced by
+            `aggregator`) or "gen" (Graph Element Network memory: nodes on
+            the ground plane, read at the query's x, y; for mazes).
+        gen_grid: maze tiles per side that the GEN node grid covers (4k + 1
+            nodes per side, spacing 0.5); evaluation may use another.
+        gen_insertion: how a view is written to the GEN nodes: "bilinear"
+            (the 4 corners of its cell) or "soft" (a learned-temperature softmax).
+        gen_steps: GEN message-passing steps (paper: 9).
+        gen_rescale: the extent (-e, e) that cameras cover inside each maze
+            tile, stretched onto the whole tile so every node is reached
+            (0 turns it off).
+        compose: maze compositions to train on, as tile counts per side,
+            comma-separated ("1,2": 1x1 and 2x2 batches in turn; "": the
+            records as they are; mazes only).
         heads: task heads trained with the representation, comma-separated
             from localization, properties ("" for none); each reads r1 unless
             named in layer2_heads.
@@ -144,6 +162,13 @@ class GQNConfig:
     conv_algorithm: str = "auto"
     query_channels: int = 3
     float32_cell: bool = True
+    # === Spatial memory ===
+    representation: str = "gqn"
+    gen_grid: int = 2
+    gen_insertion: str = "bilinear"
+    gen_steps: int = 9
+    gen_rescale: float = 0.0
+    compose: str = ""
     # === Tiers ===
     heads: str = ""
     head_weights: str = ""
@@ -237,6 +262,25 @@ class GQNConfig:
         if self.encoder == "pyramid" and self.r_dim % 8:
             fail(f"r_dim {self.r_dim} must be a multiple of 8 for the pyramid encoder.")
         self._check_tiers(fail)
+        self._check_gen(fail)
+
+    def _check_gen(self, fail):
+        if self.representation not in REPRESENTATIONS:
+            fail(f"representation {self.representation!r} is not one of {', '.join(REPRESENTATIONS)}.")
+        if self.gen_insertion not in INSERTIONS:
+            fail(f"gen_insertion {self.gen_insertion!r} is not one of {', '.join(INSERTIONS)}.")
+        if not 1 <= self.gen_grid <= 5:
+            fail(f"gen_grid must be 1 to 5 maze tiles per side, got {self.gen_grid}.")
+        if self.gen_steps < 0:
+            fail(f"gen_steps must be at least 0, got {self.gen_steps}.")
+        if not 0 <= self.gen_rescale <= 1:
+            fail(f"gen_rescale must be in [0, 1] (0: off), got {self.gen_rescale}.")
+        try:
+            sizes = self.compose_sizes()
+        except ValueError:
+            sizes = None
+        if sizes is None or any(not 1 <= k <= 5 for k in sizes):
+            fail(f"compose {self.compose!r} must list tile counts 1 to 5, comma-separated.")
 
     def _check_tiers(self, fail):
         heads = self.head_names()
@@ -264,6 +308,10 @@ class GQNConfig:
                 weight = -1.0
             if not 0 <= weight < math.inf:
                 fail(f"head_weights entry {item!r} needs a weight >= 0: name=weight.")
+
+    def compose_sizes(self):
+        """The composition sizes of `compose` as a list of ints ([] for none)."""
+        return [int(k) for k in _names(self.compose)]
 
     def head_names(self):
         """The task heads of `heads`, as a list."""
@@ -317,8 +365,26 @@ class GQNConfig:
         return self.replace(context_size=info.max_context)
 
     def model_kwargs(self):
-        """Keyword arguments of `GQN(...)` (the dtype policy excluded)."""
-        return {name: getattr(self, name) for name in MODEL_FIELDS}
+        """Keyword arguments of `GQN(...)` (the dtype policy excluded).
+
+        With representation "gen" the aggregator is a GEN memory's config.
+        """
+        kwargs = {name: getattr(self, name) for name in MODEL_FIELDS}
+        if self.representation == "gen":
+            kwargs["aggregator"] = self.gen_config()
+        return kwargs
+
+    def gen_config(self):
+        """The serialized GEN memory of this config (representation "gen")."""
+        import keras
+
+        from tiered_gqn.models.gen import GraphElementNetwork
+
+        memory = GraphElementNetwork(
+            grid_size=self.gen_grid, insertion=self.gen_insertion, message_steps=self.gen_steps,
+            hidden_dim=self.r_dim, output_dim=self.r_dim,
+            rescale_tiles=self.gen_rescale or None, name="aggregator")
+        return keras.saving.serialize_keras_object(memory)
 
     def learning_rate(self):
         """The paper's annealed learning-rate schedule with this config's constants."""

@@ -39,8 +39,13 @@ def define_flags(default_model_dir):
     flags.DEFINE_integer("eval_batches", 4, "Test batches per evaluation.", lower_bound=1)
     flags.DEFINE_integer("checkpoint_every", 200, "Steps between checkpoints.", lower_bound=1)
     flags.DEFINE_integer("log_every", 10, "Steps between TensorBoard scalars.", lower_bound=1)
-    flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored"],
-                      "tf.distribute strategy: auto picks mirrored when there are several GPUs.")
+    flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker"],
+                      "tf.distribute strategy: auto picks multi_worker when TF_CONFIG (or Vertex "
+                      "AI's CLUSTER_SPEC) names several tasks, mirrored for several GPUs (or "
+                      "--cpu_devices > 1), else default.")
+    flags.DEFINE_integer("cpu_devices", None,
+                         "Split the CPU into this many logical devices (to try mirrored training "
+                         "on one machine).", lower_bound=1)
     common.define_run_flags()
     common.define_preset_flags()
 
@@ -129,10 +134,16 @@ def run(job):
     from tiered_gqn import interrupts, viz
     from tiered_gqn.data import cache, datasets, reader
     from tiered_gqn.models import machine
-    from tiered_gqn.training import checkpoints, distribute, loop, optimizers, summaries
+    from tiered_gqn.training import checkpoints, cluster, distribute, loop, optimizers, summaries
 
-    if FLAGS.model_dir is None:
-        FLAGS.model_dir = job.default_model_dir(FLAGS.dataset, FLAGS.preset)
+    # First, before any TensorFlow op: the CPU split and the multi-worker strategy need it.
+    try:
+        strategy = distribute.make_strategy(FLAGS.strategy, cpu_devices=FLAGS.cpu_devices)
+    except (ValueError, RuntimeError) as error:
+        cli.fail(f"--strategy {FLAGS.strategy}: {error}")
+    if FLAGS.model_dir is None:  # a Vertex AI job writes below its base output directory
+        FLAGS.model_dir = (cluster.default_dirs().run_dir
+                           or job.default_model_dir(FLAGS.dataset, FLAGS.preset))
     model_dir = common.prepare_run_dir(FLAGS.model_dir)
     saved = common.saved_run(model_dir)  # an existing run resumes
     base = job.base_config() if saved is None else None
@@ -140,7 +151,6 @@ def run(job):
     data_dir = common.absolute(FLAGS.data_dir or (saved or {}).get("data_dir")
                                or cache.default_data_dir(FLAGS.dataset))
     common.check_same_data(saved, data_dir, FLAGS.dataset, notes)
-    strategy = distribute.make_strategy(FLAGS.strategy)
 
     keras.utils.set_random_seed(config.seed)  # the initial weights too
     with strategy.scope():
@@ -182,8 +192,9 @@ def run(job):
 
     trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, model_dir,
                            max_to_keep=FLAGS.keep_checkpoints, jit_compile=config.jit_compile == "on",
-                           max_nonfinite_steps=FLAGS.max_nonfinite_steps)
-    resumed = trainer.restore()
+                           max_nonfinite_steps=FLAGS.max_nonfinite_steps, shard_policy="data")
+    chief = trainer.is_chief
+    resumed = trainer.restore()  # every worker, from the chief's checkpoints
     if saved and not resumed:
         print(f"Note: {model_dir} holds run.json but no checkpoint; starting at step 0.",
               file=sys.stderr)
@@ -192,7 +203,8 @@ def run(job):
     run_info = {
         "command": job.command, "dataset": FLAGS.dataset, "data_dir": data_dir,
         "model_dir": model_dir, "preset": (saved or {}).get("preset", FLAGS.preset),
-        "config": config.to_dict(), "strategy": FLAGS.strategy, "machine": machine.describe(),
+        "config": config.to_dict(), "strategy": distribute.describe(strategy),
+        "machine": machine.describe(),
         "num_replicas": strategy.num_replicas_in_sync,
         "random_context_size": FLAGS.random_context_size,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
@@ -202,7 +214,8 @@ def run(job):
     }
     if job.from_saved_model:
         run_info["model"] = keras.saving.serialize_keras_object(model)
-    checkpoints.save_run(model_dir, run_info)
+    if chief:
+        checkpoints.save_run(model_dir, run_info)
     for note in notes:
         print(f"Note: {note}", file=sys.stderr)
     what = type(model).__name__ if job.command != "train_gqn" else "GQN"
@@ -219,14 +232,14 @@ def run(job):
         print("Parts (name, class, trained or frozen, parameters, weights from):\n"
               + "\n".join(describe_parts(model, built.sources)), file=sys.stderr)
 
-    writer = summaries.Summaries(model_dir)
+    writer = summaries.Summaries(model_dir if chief else trainer.write_dir)
 
     def first_view(inputs, target, *rest):
         return ((inputs[0][:, :1], inputs[1][:, :1], inputs[2]), target, *rest)
 
     # The test batches with all their context views, and with the first one alone.
-    distributed_eval = {"": strategy.experimental_distribute_dataset(eval_data),
-                        "_context1": strategy.experimental_distribute_dataset(eval_data.map(first_view))}
+    distributed_eval = {"": trainer.distribute_dataset(eval_data, "data"),
+                        "_context1": trainer.distribute_dataset(eval_data.map(first_view), "data")}
 
     def test_metrics(save=False):
         """Metrics on the test batches ("<name>" with every context view, "<name>_context1"
@@ -241,7 +254,7 @@ def run(job):
     eval_batch = None
 
     def log_scalars(step, metrics, rate):
-        if step % FLAGS.log_every == 0 or step >= config.max_steps:
+        if chief and (step % FLAGS.log_every == 0 or step >= config.max_steps):
             values = {**metrics, "learning_rate": trainer.learning_rate(), "scenes_per_s": rate,
                       "skipped_records": skipped(data),
                       "nonfinite_steps": trainer.nonfinite_steps}
@@ -251,7 +264,10 @@ def run(job):
 
     def evaluate(step, metrics, rate):
         if step % FLAGS.eval_every == 0 or step >= config.max_steps:
-            writer.scalars("eval", step, test_metrics(save=True))
+            scalars = test_metrics(save=True)  # every worker: collectives
+            if not chief:
+                return
+            writer.scalars("eval", step, scalars)
             if renders:
                 grid = summaries.prediction_grid(model, eval_batch, num_samples=2)
                 writer.image("eval", step, "predictions", grid, summaries.GRID_DESCRIPTION)
@@ -269,7 +285,7 @@ def run(job):
                     max_seconds=None if FLAGS.max_minutes is None else 60 * FLAGS.max_minutes)
         elapsed = time.time() - start_time
         final = test_metrics()
-        if trainer.step % FLAGS.eval_every and trainer.step < config.max_steps:  # stopped by time
+        if chief and trainer.step % FLAGS.eval_every and trainer.step < config.max_steps:  # by time
             writer.scalars("eval", trainer.step, final)
     except loop.DataFault as fault:
         files = reader.find_shards(data_dir, FLAGS.dataset, fault.split)
@@ -279,14 +295,18 @@ def run(job):
         raise reader.DataError(f"{error}{written}") from None
     outputs = [f"  checkpoints: {os.path.join(model_dir, checkpoints.CHECKPOINTS)}",
                f"  summaries:   tensorboard --logdir {writer.log_dir}"]
-    if renders:
+    if renders and chief:
         grid_path = os.path.join(model_dir, "final.png")
         viz.save_png(grid_path, summaries.prediction_grid(model, eval_batch, num_samples=2))
         outputs.append(f"  samples:     {grid_path} (rows: context | target, reconstruction, "
                        "2 prior samples)")
-    model_path = os.path.join(model_dir, "model.keras")
+    # Every worker saves (TensorFlow's pattern); a non-chief's copy goes with its temporary folder.
+    model_path = os.path.join(model_dir if chief else trainer.write_dir, "model.keras")
     with interrupts.deferred():
         checkpoints.save_model(model, model_path)
+    trainer.close()
+    if not chief:
+        return model_dir
     outputs += [f"  model:       {model_path}",
                 f"  config:      {os.path.join(model_dir, checkpoints.RUN_FILE)}"]
     if renders:

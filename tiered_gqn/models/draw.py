@@ -389,9 +389,36 @@ class ConvDRAW(keras.Model):
         return mean, logscale
 
     def _noise(self, shape, step, seed):
-        """Standard normal float32 noise: seeded per step, or from the generator."""
+        """Standard normal float32 noise: seeded per step, or from the generator.
+
+        Under tf.distribute every replica draws the noise of the whole global
+        batch (its batch times the replicas) from the same seed and keeps the
+        rows of its replica id, so replicas draw independent noise, and an
+        example gets the same noise whatever the number of replicas or workers
+        (one device draws the global batch itself). The draw grows with the
+        global batch, not the replica's: z is small next to the convs.
+        """
         seed = self.seed_generator if seed is None else (int(seed) * 1_000_003 + step) % (2**31)
-        return keras.random.normal(shape, dtype="float32", seed=seed)
+        replica, replicas = self._replica_slot()
+        if replicas == 1:
+            return keras.random.normal(shape, dtype="float32", seed=seed)
+        batch, rest = shape[0], tuple(shape[1:])
+        noise = keras.random.normal((replicas * batch,) + rest, dtype="float32", seed=seed)
+        return ops.slice(noise, (replica * batch,) + (0,) * len(rest), (batch,) + rest)
+
+    @staticmethod
+    def _replica_slot():
+        """(this replica's id, replicas in sync) in a tf.distribute replica context, else (0, 1)."""
+        if keras.backend.backend() != "tensorflow":
+            return 0, 1
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()  # None in a cross-replica context
+        if context is None or context.num_replicas_in_sync == 1:
+            return 0, 1
+        replica = context.replica_id_in_sync_group
+        static = tf.get_static_value(replica)
+        return (replica if static is None else int(static)), context.num_replicas_in_sync
 
     def _core_step(self, core, context, step_inputs, state, zeros):
         """A core's new (h, c); `context` is its precomputed value or its constants.

@@ -139,6 +139,7 @@ class Tiered(keras.Model):
         self.head_inputs = dict(head_inputs or {})
         self.head_weights = {name: float(w) for name, w in (head_weights or {}).items()}
         self._check_heads()
+        self.built = True  # every part is built on construction
 
     def _check_heads(self):
         names = [head.name for head in self.heads] + list(self._extra_head_names())
@@ -282,8 +283,10 @@ def new_head(name, r_shape, image_size, dataset=None, dtype=None):
     kwargs = {"dataset": dataset} if name == "properties" else {}
     if name == "properties" and dataset is None:
         raise ValueError("The properties head needs the dataset its labels come from.")
-    return heads_lib.get_head(name, r_shape=tuple(r_shape), image_size=image_size, dtype=dtype,
-                              name=name, **kwargs)
+    if name not in heads_lib.HEADS:
+        raise ValueError(f"Unknown head {name!r}; expected one of: {', '.join(heads_lib.HEADS)}.")
+    return heads_lib.HEADS[name](r_shape=tuple(r_shape), image_size=image_size, dtype=dtype,
+                                 name=name, **kwargs)
 
 
 def tier_parts(config, encoder, dataset=None, dtype=None, heads=None):

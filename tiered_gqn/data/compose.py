@@ -160,18 +160,7 @@ def _fold(seed, purpose, index):
 
 def _to_frames(jpegs, size, frames_dtype):
     """JPEG strings [...] -> frames [..., size, size, 3] as the reader makes them."""
-    frames = reader.decode_frames(jpegs)
-    if frames_dtype == "uint8" and size == _INFO.frame_size:
-        return tf.ensure_shape(frames, [None] * jpegs.shape.rank + [size, size, 3])
-    frames = reader.unit_float(frames)
-    if size != _INFO.frame_size:
-        shape = tf.shape(frames)
-        flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
-        flat = tf.image.resize(flat, [size, size], antialias=True)
-        frames = tf.clip_by_value(
-            tf.reshape(flat, tf.concat([shape[:-3], [size, size, 3]], 0)), 0.0, 1.0)
-        if frames_dtype == "uint8":
-            frames = tf.cast(tf.round(frames * 255.0), tf.uint8)
+    frames = reader.jpegs_to_frames(jpegs, _INFO.frame_size, size, frames_dtype)
     return tf.ensure_shape(frames, [None] * jpegs.shape.rank + [size, size, 3])
 
 

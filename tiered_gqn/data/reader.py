@@ -497,6 +497,27 @@ def unit_float(frames):
 # === The pipeline ===
 
 
+def jpegs_to_frames(jpegs, frame_size, size, frames_dtype="float32"):
+    """JPEG strings [...] of `frame_size` frames -> frames [..., size, size, 3].
+
+    float32 in [0, 1], or uint8 bytes (resized ones rounded); resized with
+    antialiasing when `size` differs from `frame_size`.
+    """
+    frames = decode_frames(jpegs)
+    if frames_dtype == "uint8" and size == frame_size:
+        return frames
+    frames = unit_float(frames)
+    if size != frame_size:
+        shape = tf.shape(frames)
+        flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
+        flat = tf.image.resize(flat, [size, size], antialias=True)
+        frames = tf.clip_by_value(
+            tf.reshape(flat, tf.concat([shape[:-3], [size, size, 3]], 0)), 0.0, 1.0)
+        if frames_dtype == "uint8":
+            frames = tf.cast(tf.round(frames * 255.0), tf.uint8)
+    return frames
+
+
 def load(
     dataset,
     data_dir,
@@ -785,19 +806,7 @@ def _batch_maker(info, context_size, random_context_size, seed, image_size, drop
         size = image_size or info.frame_size
 
         def to_frames(jpegs):
-            frames = decode_frames(jpegs)
-            if frames_dtype == "uint8" and size == info.frame_size:
-                return frames
-            frames = unit_float(frames)
-            if size != info.frame_size:
-                shape = tf.shape(frames)
-                flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
-                flat = tf.image.resize(flat, [size, size], antialias=True)
-                frames = tf.clip_by_value(
-                    tf.reshape(flat, tf.concat([shape[:-3], [size, size, 3]], 0)), 0.0, 1.0)
-                if frames_dtype == "uint8":
-                    frames = tf.cast(tf.round(frames * 255.0), tf.uint8)
-            return frames
+            return jpegs_to_frames(jpegs, info.frame_size, size, frames_dtype)
 
         # Context and query decoded apart, so that neither is sliced (copied) out.
         context = tf.ensure_shape(to_frames(jpegs[:, :-1]), [None, None, size, size, 3])

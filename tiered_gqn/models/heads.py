@@ -18,15 +18,9 @@ from keras import ops
 from tiered_gqn.data import scenes
 from tiered_gqn.data.scenes import rooms
 from tiered_gqn.models import targets
+from tiered_gqn.models.decoder import unit_float as _unit_float
 
 POSE_DIM = 7
-
-
-def _unit_float(frames):
-    """Frames as float in [0, 1]: uint8 bytes are scaled by 1/255, floats pass through."""
-    if keras.backend.standardize_dtype(frames.dtype) == "uint8":
-        return ops.cast(frames, "float32") * (1.0 / 255.0)
-    return frames
 
 
 def _unit_pairs(pairs):

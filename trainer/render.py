@@ -8,6 +8,14 @@ generated at a camera moving through 2 pi of yaw from the query's (around the
 scene for cameras that face it, in place for mazes), with the same latent
 noise at every frame so the orbit is coherent; a strip below marks the
 progress round the orbit.
+
+    python -m trainer.render --model_dir runs/gen_mazes --fly_through [--compose_size 3]
+
+--fly_through (mazes runs): flythrough.gif and flythrough/frame_NNNN.png, a
+flight through a k x k composition turning 360 degrees at one open block per
+tile, each generated view beside a top-down map of the walls, the GEN node
+grid (the nodes read at the camera in red) and the camera (see
+tiered_gqn/flythrough.py).
 """
 
 import os
@@ -32,6 +40,15 @@ flags.DEFINE_enum("split", "test", ["train", "test"], "Split to take scenes from
 flags.DEFINE_integer("seed", 0, "Seed of the scene and view selection and of the latent samples.")
 flags.DEFINE_string("data_dir", None, "Data root (default: the run's data_dir).")
 flags.DEFINE_float("seconds_per_frame", 0.1, "Orbit GIF frame duration.")
+flags.DEFINE_bool("fly_through", False,
+                  "Mazes runs: instead of the grid and orbit, fly through a --compose_size "
+                  "composition (tiered_gqn/flythrough.py): flythrough.gif and flythrough/*.png, "
+                  "generated views beside a map of the mazes, the GEN nodes (red: read at the "
+                  "camera) and the camera.")
+flags.DEFINE_integer("compose_size", 3, "Mazes per side of the fly-through's composition.",
+                     lower_bound=1, upper_bound=5)
+flags.DEFINE_integer("frames_per_turn", 12, "Fly-through frames of each 360-degree turn.",
+                     lower_bound=1)
 common.define_skip_corrupt_flag()
 
 PROGRESS_HEIGHT = 4  # pixels of the orbit progress strip under each GIF frame
@@ -70,6 +87,13 @@ def main(argv):
         cli.fail(f"--out {out} is a file; expected an output folder.")
     model, run, _ = checkpoints.restore_model(model_dir)
     common.check_renders(model, model_dir)
+    if FLAGS.fly_through:
+        from tiered_gqn import flythrough
+
+        print(flythrough.from_run(model, run, model_dir, out, FLAGS.compose_size,
+                                  FLAGS.frames_per_turn, FLAGS.context_size, FLAGS.split,
+                                  FLAGS.seed, FLAGS.data_dir, FLAGS.seconds_per_frame))
+        return
     try:
         config = run["config"]
         data_dir = FLAGS.data_dir or run["data_dir"]

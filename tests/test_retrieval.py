@@ -1,4 +1,4 @@
-"""The contrastive Retrieval head: shapes, loss, exact accuracy, learnability, config round trips."""
+"""The contrastive Retrieval head: shapes, loss, exact accuracy, learnability, round trips."""
 
 import math
 
@@ -52,8 +52,8 @@ def test_losses_are_finite_per_example_terms():
     # uint8 frames are read as bytes.
     frames, cameras, query, target = _inputs(6)
     as_bytes = (frames, cameras, query, np.round(target * 255).astype(np.uint8))
-    np.testing.assert_allclose(head(r, as_bytes)["scores"],
-                               head(r, (frames, cameras, query, np.round(target * 255) / 255))["scores"],
+    as_floats = (frames, cameras, query, np.round(target * 255) / 255)
+    np.testing.assert_allclose(head(r, as_bytes)["scores"], head(r, as_floats)["scores"],
                                atol=1e-5)
 
 

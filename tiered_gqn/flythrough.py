@@ -220,7 +220,7 @@ def render_flythrough(model, batch, k, frames_per_turn=12, seed=0, map_scale=6):
 
 
 def save(out_dir, frames, seconds_per_frame=0.1):
-    """Writes <out_dir>/flythrough.gif and <out_dir>/flythrough/frame_NNNN.png; returns their paths."""
+    """Writes <out_dir>/flythrough.gif and <out_dir>/flythrough/frame_NNNN.png; returns the paths."""
     gif = os.path.join(out_dir, GIF_NAME)
     viz.save_gif(gif, frames, seconds_per_frame=seconds_per_frame, scale=1)
     folder = os.path.join(out_dir, FRAMES_DIR)
@@ -278,4 +278,5 @@ def from_run(model, run, model_dir, out_dir, k=3, frames_per_turn=12, context_si
             f"views) with {model_dir}:\n  {gif} ({len(frames)} frames of {width}x{height}: "
             f"{len(info['positions'])} positions x {frames_per_turn} frames per turn; generated "
             f"view | map: walls, context cameras green, {nodes}, the camera blue with its "
-            f"heading)\n  {os.path.dirname(pngs[0])}/frame_0000.png .. {os.path.basename(pngs[-1])}")
+            f"heading)\n  {os.path.dirname(pngs[0])}/frame_0000.png .. "
+            f"{os.path.basename(pngs[-1])}")

@@ -19,3 +19,4 @@ from tiered_gqn.models.encoders import (
 from tiered_gqn.models.gqn import GQN
 from tiered_gqn.models.presets import PRESETS, GQNConfig, get_preset
 from tiered_gqn.models.tiered import Layer2, Tiered
+from tiered_gqn.models import gen, retrieval  # noqa: F401  (registers GEN memory and the retrieval head)

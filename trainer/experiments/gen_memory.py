@@ -1,8 +1,11 @@
 """GEN spatial memory against GQN-sum on k x k maze compositions (DESIGN §4), at CPU scale.
 
-    python -m trainer.experiments.gen_memory                     # 3 seeds, about 35 min on 2 cores
-    python -m trainer.experiments.gen_memory --budget 0.01 --preset tiny --seeds 0 \
-        --generate_mazes 6 --test_mazes 3 --out /tmp/gen_smoke    # a smoke run
+    python -m trainer.experiments.gen_memory          # 3 seeds x 1,200 steps: 30-40 min on 2 cores
+    python -m trainer.experiments.gen_memory --preset tiny --r_dim 16 --budget 0.003 --seeds 0 \
+        --generate_mazes 6 --test_mazes 3 --eval_batches 1 --context_per_tile 2 \
+        --out /tmp/gen_smoke                          # a smoke run, under a minute
+
+Results of the default run and the protocol: docs/gen.md.
 
 Two conditions share everything but the representation: "gen" (the Graph
 Element Network memory of `tiered_gqn.models.gen`, nodes on the ground plane,
@@ -203,7 +206,7 @@ class Progress:
 
 # === Data ===
 def resolve_data_dir(out):
-    """The data root: <out>/data rendered once with --generate_mazes, --data_dir, or the embedded set."""
+    """The data root: --data_dir, <out>/data rendered once (--generate_mazes), or the embedded set."""
     from tiered_gqn.data import cache, generate
 
     if FLAGS.data_dir:
@@ -222,7 +225,7 @@ def resolve_data_dir(out):
 
 
 def train_stream(data_dir, config, sizes, per_tile, seed):
-    """Batches of k x k compositions for k in `sizes`, in turn, with per_tile * k^2 context views."""
+    """Batches of k x k compositions for k in `sizes` in turn, with per_tile * k^2 context views."""
     import tensorflow as tf
 
     from tiered_gqn.data import compose
@@ -296,7 +299,11 @@ def settings_key(condition, seed, steps, config, data_dir):
 
 
 def train(condition, seed, steps, data_dir, out, progress):
-    """Trains (or resumes, or reuses) one model; returns (model, config, run_dir, seconds)."""
+    """Trains (or resumes, or reuses) one model.
+
+    Returns:
+        (model, config, run_dir, pixel sigma, training seconds or None for a reused model).
+    """
     import keras
 
     from tiered_gqn.training import checkpoints, distribute, loop, optimizers
@@ -313,8 +320,8 @@ def train(condition, seed, steps, data_dir, out, progress):
     trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, run_dir,
                            max_to_keep=1, jit_compile=config.jit_compile == "on")
     trainer.restore()
-    started = time.perf_counter()
-    if trainer.step < steps:
+    started, reused = time.perf_counter(), trainer.step >= steps
+    if not reused:
         data = train_stream(data_dir, config, train_sizes(), FLAGS.context_per_tile, seed)
         if trainer.position:
             data = data.skip(trainer.position)
@@ -326,7 +333,7 @@ def train(condition, seed, steps, data_dir, out, progress):
 
         trainer.fit(data, steps, checkpoint_every=max(steps, 1), callbacks=[report], verbose=False)
         checkpoints.save_model(model, os.path.join(run_dir, "model.keras"))
-    seconds = time.perf_counter() - started
+    seconds = None if reused else time.perf_counter() - started  # None: trained before
     sigma = float(model.pixel_sigma(trainer.step))
     del trainer
     return model, config, run_dir, sigma, seconds
@@ -355,10 +362,12 @@ def evaluate_size(model, k, batches, sigma, samples, mean, memory_grid=None):
     if memory is not None:
         memory.set_grid(k)
     # New tf.functions per k: the grid is read when they trace.
-    losses_fn = tf.function(lambda b: model.compute_losses(b, sigma, training=False, seed=EVAL_SEED))
+    losses_fn = tf.function(
+        lambda b: model.compute_losses(b, sigma, training=False, seed=EVAL_SEED))
     # One function per sample: the decoder takes its seed as a Python int.
-    generate_fns = [tf.function(lambda f, c, q, s=s: model.generate(f, c, q, seed=EVAL_SEED + 1 + s))
-                    for s in range(samples)]
+    generate_fns = [
+        tf.function(lambda f, c, q, s=s: model.generate(f, c, q, seed=EVAL_SEED + 1 + s))
+        for s in range(samples)]
     values = {name: [] for name, _, _ in METRICS}
     values.update({name: [] for name in EXTRA_METRICS})
     try:

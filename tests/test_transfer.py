@@ -12,7 +12,7 @@ from conftest import own_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = "shepard_metzler_5_parts"
-PLOT_SIZE = (900, 560)  # transfer.PLOT_SIZE
+PLOT_SIZE = (1280, 560)  # transfer.PLOT_SIZE
 STARTS = ("raw_pixels", "frozen_r1", "frozen_r2", "finetuned_r1")
 
 
@@ -107,6 +107,16 @@ def test_table_plot_and_progress(study):
         assert image.size == PLOT_SIZE
     assert "estimated" in stderr and "ETA" in stderr
     assert not (out / ".scratch").exists()
+
+
+def test_tables_only_rewrites_the_outputs_from_results_json(study):
+    out, _, _, _ = study
+    table = (out / "results.md").read_text()
+    (out / "results.md").unlink()
+    (out / "transfer.png").unlink()
+    code, stdout, stderr = command("--tables_only", "--out", str(out))
+    assert code == 0, stderr[-2000:]
+    assert (out / "results.md").read_text() == table and (out / "transfer.png").exists()
 
 
 def test_the_pretraining_cache_holds_each_representation_once(study):

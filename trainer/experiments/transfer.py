@@ -63,10 +63,12 @@ START_LABELS = {
     "finetuned_r1": "fine-tuned r1",
     "no_r": "no r (baseline)",
 }
-NO_R_LABELS = {"properties": "no r (baseline: r = 0)",
+NO_R_LABELS = {"properties": "no r (baseline: constant r)",
                "localization": "no r (baseline: query image alone)"}
 # What the no-r baseline head sees, per task.
-NO_R = {"properties": "r = 0 (a frozen all-zero Encoder): it can learn the training marginals only",
+NO_R = {"properties": ("a constant r (1 everywhere: a frozen Layer2 of zero weights and unit "
+                       "bias over an all-zero Encoder), so it can learn the training marginals "
+                       "only"),
         "localization": "the query image alone (Localization(use_r=False))"}
 # Validation points averaged into a run's "final" loss, and the width of the moving average
 # whose first crossing counts as reaching the threshold.
@@ -90,7 +92,7 @@ JOB_OVERHEAD = {"small": 8.0, "small64": 12.0, "tiny": 3.0}
 VALIDATION_SEED = 1234
 PRETRAIN_EVAL_POINTS = 4
 CACHE_VERSION = 1
-PLOT_SIZE = (900, 560)  # width, height of transfer.png
+PLOT_SIZE = (1280, 560)  # width, height of transfer.png
 RESULTS_JSON, RESULTS_MD, PLOT_PNG = "results.json", "results.md", "transfer.png"
 
 flags.DEFINE_string("out", "runs/transfer",
@@ -138,6 +140,9 @@ flags.DEFINE_float("joint_head_weight", 100.0,
                    "times smaller than the -ELBO's at initialisation (measured on small).",
                    lower_bound=0.0)
 flags.DEFINE_bool("dry_run", False, "Print the plan and the time estimate, then stop.")
+flags.DEFINE_bool("tables_only", False,
+                  "Rewrite results.md and transfer.png from the results.json in --out, without "
+                  "training (after a change of the table or plot code).")
 flags.DEFINE_integer("layer2_dim", 0, "Channels of r2 (0: the preset's r_dim).", lower_bound=0)
 flags.DEFINE_integer("pretrain_steps", None,
                      "GQN pretraining steps at budget 1 (default: the preset's plan).", lower_bound=1)
@@ -565,6 +570,9 @@ class Study:
             if start == "frozen_r2":
                 layer2 = load_part(source, "layer2", trainable=False)
                 r_shape, inputs = layer2.r2_shape, {task: "r2"}
+            if start == "no_r" and task != "localization":
+                layer2 = constant_layer2(r_shape, config)
+                r_shape, inputs = layer2.r2_shape, {task: "r2"}
             head = make_head(task, r_shape, config, self.dataset, seed,
                              use_r=not (start == "no_r" and task == "localization"))
             model = Tiered(encoder, heads=[head], layer2=layer2, head_inputs=inputs)
@@ -640,13 +648,31 @@ def untraced(durations, factor=10.0):
     return timed, float(sum(durations) - sum(timed))
 
 
+def constant_layer2(r_shape, config):
+    """A frozen Layer2 whose r2 is 1 everywhere, whatever r1 (zero weights, unit bias).
+
+    The properties baseline reads it: a constant input lets the head learn the
+    marginals through its weights as fast as any head does (with r = 0 its
+    ReLU units start dead and only the last bias learns).
+    """
+    from tiered_gqn.models import Layer2
+
+    layer2 = Layer2(r_shape=r_shape, r2_dim=r_shape[-1], hidden_dim=4, num_layers=1,
+                    pose_dim=config.pose_dim, dtype=config.dtype_policy, name="constant_r")
+    for weight in layer2.weights:
+        weight.assign(np.zeros(weight.shape, weight.dtype))
+    layer2.projection.bias.assign(np.ones(layer2.projection.bias.shape, layer2.projection.bias.dtype))
+    layer2.trainable = False
+    return layer2
+
+
 def make_head(task, r_shape, config, dataset, seed, use_r=True):
     """A fresh head of `task` with weights fixed by `seed` (the same for every starting point)."""
     import keras
 
     from tiered_gqn.models import heads
 
-    # Not tiered.new_head: it passes `name` twice to heads.get_head (a TypeError).
+    # The head class itself rather than tiered.new_head: the baseline needs use_r=False.
     keras.utils.set_random_seed(10_000 + seed)
     kwargs = {"dataset": dataset} if task == "properties" else {"use_r": use_r}
     return heads.HEADS[task](r_shape=tuple(r_shape), image_size=config.image_size,
@@ -962,12 +988,20 @@ def reached_cell(summary):
     return f"{summary['reached']}/{summary['n']}"
 
 
-def threshold_text(threshold):
-    """The paragraph that states a study's threshold and how it was fixed."""
-    return (f"Threshold: validation `{threshold['metric']}` <= {threshold['value']:.4g} "
+def threshold_text(threshold, conditions):
+    """The paragraph that states a study's threshold, how it was fixed, and whether the best
+    starting point's gain over the no-r baseline exceeds the baseline's spread over seeds."""
+    text = (f"Threshold: validation `{threshold['metric']}` <= {threshold['value']:.4g} "
             f"({threshold['rule']}). Reached: the first validation point where the "
             f"{SMOOTHING}-point moving average of the curve is at or below it. The no-r baseline "
             f"sees {threshold['no_r']}. Final val loss: the mean of the last {SMOOTHING} points.")
+    finals = conditions.get("no_r", {}).get("summary", {}).get("final_loss")
+    gain = threshold.get("gain_over_baseline")
+    if finals and gain is not None and finals["n"] > 1 and gain < finals["max"] - finals["min"]:
+        text += (f" **Caution**: the best starting point ends only {gain:.3g} below the baseline, "
+                 f"less than the baseline's own spread over seeds ({finals['max'] - finals['min']:.3g}): "
+                 "reaching this threshold is not evidence of task information in r.")
+    return text
 
 
 def markdown(results):
@@ -991,7 +1025,7 @@ def markdown(results):
         s = studies["starting_points"]
         names = metric_names(next(iter(s["conditions"].values()))["summary"])
         lines += [f"## 1. Starting points for a new task: {s['task']} head", "",
-                  threshold_text(s["threshold"]), "",
+                  threshold_text(s["threshold"], s["conditions"]), "",
                   "| starting point | trained | steps to threshold | seconds to threshold | reached | "
                   "final val loss | " + " | ".join(f"final {n}" for n in names) + " |",
                   "|---" * (6 + len(names)) + "|"]
@@ -1051,7 +1085,7 @@ def markdown(results):
         names = metric_names(next(iter(s["conditions"].values()))["summary"])
         lines += [f"## 4. Layer 2 against layer 1 for a related task: {s['task']} head", "",
                   f"Why this task: {s['why']}", "",
-                  threshold_text(s["threshold"]), "",
+                  threshold_text(s["threshold"], s["conditions"]), "",
                   "| input | steps to threshold | seconds to threshold | reached | final val loss | "
                   + " | ".join(f"final {n}" for n in names) + " |", "|---" * (5 + len(names)) + "|"]
         for c in s["conditions"].values():
@@ -1089,53 +1123,23 @@ def nice_ticks(low, high, count=6):
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
-def plot(study1, path, size=PLOT_SIZE):
-    """transfer.png: validation loss against step of each starting point (median over seeds,
-    min–max band), the threshold as a dashed line. Drawn with numpy and PIL."""
-    from PIL import Image, ImageDraw, ImageFont
+def _panel(image, box, x_range, y_range, curves, threshold, font, title):
+    """Draws one axes panel of learning curves into `box` (left, top, right, bottom) of `image`;
+    what falls outside the ranges is clipped."""
+    from PIL import Image, ImageDraw
 
-    width, height = size
-    left, right, top, bottom = 80, 250, 40, 60
-    image = Image.new("RGB", size, "white")
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    curves = {}
-    for start, c in study1["conditions"].items():
-        steps = np.asarray(c["runs"][0]["steps"], float)
-        losses = np.asarray([r["loss"] for r in c["runs"]], float)
-        curves[start] = (steps, np.median(losses, 0), losses.min(0), losses.max(0))
-    threshold = study1["threshold"]["value"]
-    values = np.concatenate([np.concatenate([lo, hi]) for _, _, lo, hi in curves.values()]
-                            + [[threshold]])
-    values = values[np.isfinite(values)]
-    y_low, y_high = float(values.min()), float(values.max())
-    pad = 0.05 * (y_high - y_low or 1.0)
-    y_low, y_high = y_low - pad, y_high + pad
-    x_high = max(float(s[-1]) for s, *_ in curves.values()) or 1.0
+    left, top, right, bottom = box
+    width, height = right - left, bottom - top
+    (x_low, x_high), (y_low, y_high) = x_range, y_range
 
     def xy(step, value):
-        x = left + (width - left - right) * step / x_high
-        y = top + (height - top - bottom) * (y_high - value) / (y_high - y_low)
-        return x, y
+        return (width * (step - x_low) / ((x_high - x_low) or 1.0),
+                height * (y_high - value) / ((y_high - y_low) or 1.0))
 
-    draw = ImageDraw.Draw(image, "RGBA")
-    draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
-    for tick in nice_ticks(0, x_high):
-        x, _ = xy(tick, y_low)
-        draw.line([x, height - bottom, x, height - bottom + 5], fill=(0, 0, 0))
-        draw.text((x - 12, height - bottom + 8), f"{tick:g}", fill=(0, 0, 0), font=font)
+    panel = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(panel, "RGBA")
     for tick in nice_ticks(y_low, y_high):
-        _, y = xy(0, tick)
-        draw.line([left - 5, y, left, y], fill=(0, 0, 0))
-        draw.line([left, y, width - right, y], fill=(0, 0, 0, 25))
-        draw.text((5, y - 7), f"{tick:.4g}", fill=(0, 0, 0), font=font)
-    draw.text(((left + width - right) / 2 - 20, height - 25), "training step", fill=(0, 0, 0),
-              font=font)
-    draw.text((left, 12), f"Validation {study1['threshold']['metric']} (held-out) of a new "
-              f"{study1['task']} head, median over {len(c['runs'])} seed(s) with min-max band",
-              fill=(0, 0, 0), font=font)
+        draw.line([0, xy(0, tick)[1], width, xy(0, tick)[1]], fill=(0, 0, 0, 25))
     for start, (steps, median, low, high) in curves.items():
         colour = COLOURS.get(start, (0, 0, 0))
         band = [xy(s, v) for s, v in zip(steps, high)] + [xy(s, v) for s, v in
@@ -1147,12 +1151,71 @@ def plot(study1, path, size=PLOT_SIZE):
             draw.line(points, fill=colour, width=3)
         for x, y in points:
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-    _, ty = xy(0, threshold)
-    x = left
-    while x < width - right:  # dashed threshold line
-        draw.line([x, ty, min(x + 8, width - right), ty], fill=(0, 0, 0), width=2)
-        x += 14
-    legend_x, legend_y = width - right + 12, top + 10
+    ty = xy(0, threshold)[1]
+    for x in range(0, width, 14):  # dashed threshold line
+        draw.line([x, ty, min(x + 8, width), ty], fill=(0, 0, 0), width=2)
+    image.paste(panel, (left, top))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+    for tick in nice_ticks(x_low, x_high):
+        x = left + xy(tick, 0)[0]
+        draw.line([x, bottom, x, bottom + 5], fill=(0, 0, 0))
+        draw.text((x - 12, bottom + 8), f"{tick:g}", fill=(0, 0, 0), font=font)
+    for tick in nice_ticks(y_low, y_high):
+        y = top + xy(0, tick)[1]
+        draw.line([left - 5, y, left, y], fill=(0, 0, 0))
+        draw.text((left - 58, y - 7), f"{tick:.4g}", fill=(0, 0, 0), font=font)
+    draw.text(((left + right) / 2 - 40, bottom + 30), "training step", fill=(0, 0, 0), font=font)
+    draw.text((left, top - 22), title, fill=(0, 0, 0), font=font)
+
+
+def plot(study1, path, size=PLOT_SIZE):
+    """transfer.png: validation loss against step of each starting point (median over seeds,
+    min–max band) and the threshold (dashed), in full (left) and zoomed on the threshold's
+    neighbourhood (right). Drawn with numpy and PIL."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    curves = {}
+    for start, c in study1["conditions"].items():
+        steps = np.asarray(c["runs"][0]["steps"], float)
+        losses = np.asarray([r["loss"] for r in c["runs"]], float)
+        curves[start] = (steps, np.median(losses, 0), losses.min(0), losses.max(0))
+    threshold = study1["threshold"]["value"]
+    seeds = len(next(iter(study1["conditions"].values()))["runs"])
+    x_range = (0.0, max(float(s[-1]) for s, *_ in curves.values()) or 1.0)
+
+    def padded(low, high):
+        pad = 0.05 * ((high - low) or 1.0)
+        return low - pad, high + pad
+
+    every = np.concatenate([np.concatenate([lo, hi]) for _, _, lo, hi in curves.values()]
+                           + [[threshold]])
+    every = every[np.isfinite(every)]
+    full = padded(float(every.min()), float(every.max()))
+    # Zoom: from the lowest point to the highest starting point's median after the first
+    # quarter of the run (the baseline may lie above).
+    late = [m[s >= x_range[1] / 4] for k, (s, m, _, _) in curves.items() if k != "no_r"]
+    late = np.concatenate([v for v in late if v.size] + [[threshold]])
+    late = late[np.isfinite(late)]
+    zoom = padded(float(every.min()), float(late.max()))
+    draw = ImageDraw.Draw(image)
+    draw.text((70, 8), f"Validation {study1['threshold']['metric']} (held-out) of a new "
+              f"{study1['task']} head by starting point: median over {seeds} seed(s), min-max "
+              "band, threshold dashed", fill=(0, 0, 0), font=font)
+    legend_width = 230
+    panel_width = (width - legend_width - 70 - 80) // 2
+    boxes = [(70, 60, 70 + panel_width, height - 60),
+             (150 + panel_width, 60, 150 + 2 * panel_width, height - 60)]
+    _panel(image, boxes[0], x_range, full, curves, threshold, font, "whole run")
+    _panel(image, boxes[1], x_range, zoom, curves, threshold, font,
+           "zoomed on the threshold (curves clipped)")
+    legend_x, legend_y = width - legend_width + 15, 70
     for i, start in enumerate(curves):
         y = legend_y + 22 * i
         draw.line([legend_x, y + 7, legend_x + 24, y + 7], fill=COLOURS.get(start, (0, 0, 0)),
@@ -1162,7 +1225,7 @@ def plot(study1, path, size=PLOT_SIZE):
     y = legend_y + 22 * len(curves)
     draw.line([legend_x, y + 7, legend_x + 8, y + 7], fill=(0, 0, 0), width=2)
     draw.line([legend_x + 14, y + 7, legend_x + 22, y + 7], fill=(0, 0, 0), width=2)
-    draw.text((legend_x + 30, y), f"threshold {threshold:.3g}", fill=(0, 0, 0), font=font)
+    draw.text((legend_x + 30, y), f"threshold {threshold:.4g}", fill=(0, 0, 0), font=font)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     image.save(path)
 
@@ -1191,6 +1254,28 @@ def write_json(path, results):
     os.replace(tmp, path)
 
 
+def write_outputs(out_dir, results):
+    """results.md and (with study 1) transfer.png in `out_dir`."""
+    with open(os.path.join(out_dir, RESULTS_MD), "w") as f:
+        f.write(markdown(results))
+    if "starting_points" in results["studies"]:
+        plot(results["studies"]["starting_points"], os.path.join(out_dir, PLOT_PNG))
+
+
+def write_tables(out_dir):
+    """--tables_only: the outputs again from `out_dir`/results.json."""
+    path = os.path.join(out_dir, RESULTS_JSON)
+    if not os.path.isfile(path):
+        cli.fail(f"--tables_only: no {RESULTS_JSON} in {out_dir}; run the study first.")
+    with open(path) as f:
+        results = json.load(f)
+    write_outputs(out_dir, results)
+    print(f"Rewrote {os.path.join(out_dir, RESULTS_MD)}"
+          + (f" and {os.path.join(out_dir, PLOT_PNG)}" if "starting_points" in results["studies"]
+             else "") + f" from {path}", file=sys.stderr)
+    print(markdown(results))
+
+
 # === Main ===
 def main(argv):
     del argv
@@ -1209,6 +1294,8 @@ def main(argv):
     if "layer2" in FLAGS.studies:
         check_task(FLAGS.related_task, FLAGS.dataset, "related_task")
     out_dir = os.path.abspath(os.path.expanduser(FLAGS.out))
+    if FLAGS.tables_only:
+        return write_tables(out_dir)
     os.makedirs(out_dir, exist_ok=True)
 
     import keras
@@ -1257,10 +1344,7 @@ def main(argv):
     results["pretraining"] = {os.path.basename(v["directory"]): {
         k: v[k] for k in v if k not in ("encoder", "layer2")} for v in study.pretraining.values()}
     write_json(os.path.join(out_dir, RESULTS_JSON), results)
-    with open(os.path.join(out_dir, RESULTS_MD), "w") as f:
-        f.write(markdown(results))
-    if "starting_points" in results["studies"]:
-        plot(results["studies"]["starting_points"], os.path.join(out_dir, PLOT_PNG))
+    write_outputs(out_dir, results)
     shutil.rmtree(study.scratch, ignore_errors=True)
     print(f"\nDone in {format_duration(results['elapsed_seconds'])} (estimated "
           f"{format_duration(results['estimated_seconds'])}):\n"

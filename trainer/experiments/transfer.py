@@ -49,6 +49,7 @@ import numpy as np
 from absl import flags, logging
 
 from tiered_gqn import cli
+from trainer.experiments import format_duration
 
 FLAGS = flags.FLAGS
 
@@ -304,14 +305,6 @@ class Progress:
               f"ETA {format_duration(self.eta(fraction))}", file=sys.stderr, flush=True)
 
 
-def format_duration(seconds):
-    """"1 h 02 min", "12 min 05 s" or "42 s"."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
 
 
 # === The study's state: data, cache, jobs ===

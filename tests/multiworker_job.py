@@ -1,11 +1,12 @@
 """One process of a tiny GQN training job through `loop.Trainer`, for tests/test_multiworker.py.
 
     TF_CONFIG=... python tests/multiworker_job.py --data_dir D --model_dir M --out O \
-        [--strategy multi_worker] [--cpu_devices 2] [--max_steps 4] [--step_seconds 0.5]
+        [--strategy multi_worker] [--cpu_devices 2] [--max_steps 4] [--step_seconds 0.5] [--by_file]
 
 Trains the `tiny` preset (float32, direct convs) on D's shepard_metzler_5_parts
 train split with a seeded stream (the same global batches in every process,
-each worker keeping its share), resuming from the chief's latest checkpoint
+each worker keeping its share; with --by_file each worker reads its own
+shard files), resuming from the chief's latest checkpoint
 in M. Prints "start <step> <position>" after restoring and "done <step>" at
 the end, and writes its trainable weights to O/weights_<task>.npz.
 """
@@ -27,6 +28,9 @@ parser.add_argument("--checkpoint_every", type=int, default=2)
 parser.add_argument("--step_seconds", type=float, default=0.0,
                     help="Sleep after each step (so that a test can kill the job mid-run).")
 parser.add_argument("--jit_compile", action="store_true")
+parser.add_argument("--by_file", action="store_true",
+                    help="Each worker reads its own shard files (loop.FileShards), not a share of "
+                         "every batch.")
 parser.add_argument("--seed", type=int, default=7)
 parser.add_argument("--same_noise", action="store_true",
                     help="Every replica draws the same noise (the old defect), to show a test can fail.")
@@ -59,9 +63,12 @@ config = presets.get_preset("tiny", batch_size=args.batch_size, seed=args.seed,
 
 
 def data(start_step):
-    return reader.load(DATASET, args.data_dir, "train", batch_size=config.batch_size,
-                       context_size=config.context_size, random_context_size=True,
-                       image_size=config.image_size, seed=config.seed, start_step=start_step)
+    def make(shard=None, batch_size=config.batch_size):
+        return reader.load(DATASET, args.data_dir, "train", batch_size=batch_size,
+                           context_size=config.context_size, random_context_size=True,
+                           image_size=config.image_size, seed=config.seed, start_step=start_step,
+                           shard=shard)
+    return loop.FileShards(make) if args.by_file else make()
 
 
 keras.utils.set_random_seed(config.seed)

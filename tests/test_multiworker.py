@@ -195,3 +195,20 @@ def test_sigterm_stops_every_worker_at_one_checkpoint_and_a_killed_worker_resume
     print("stopped", stopped, "killed after", killed_after, "resumed", resumed,
           "gap", _gap(_weights(out), one_process))
     assert _gap(_weights(out), one_process) <= TOLERANCE
+
+
+def test_workers_sharded_by_file_stay_in_step_and_resume_exactly(data, one_process, tmp_path):
+    # Uninterrupted: worker 0 reads shards 0 and 2, worker 1 shard 1, two scenes a step each.
+    job = Job(data, tmp_path / "run", tmp_path / "out", tmp_path / "logs", "--by_file")
+    job.expect_success()
+    whole = _weights(tmp_path / "out")
+    assert _gap(whole, _weights(tmp_path / "out", "worker_1")) == 0.0
+    assert _gap(whole, one_process) > 100 * TOLERANCE  # other batches than one process's
+    # Stopped at step 6 and restarted: each worker's stream resumes at its own batch 6.
+    run, out = tmp_path / "run2", tmp_path / "out2"
+    job = Job(data, run, out, tmp_path / "logs2", "--by_file", "--max_steps", "6")
+    job.expect_success()
+    job = Job(data, run, out, tmp_path / "logs3", "--by_file")
+    job.expect_success()
+    assert "start 6 6 " in job.output(0) and f"done {MAX_STEPS}" in job.output(1)
+    assert _gap(_weights(out), whole) <= TOLERANCE

@@ -212,3 +212,52 @@ def test_skip_corrupt_counts_records_with_the_wrong_view_count(tmp_path):
                      skip_corrupt=True, seed=0)
     assert sum(1 for _ in ds) == 3
     assert int(ds.skipped_records.numpy()) == 1
+
+
+# === Shares of the shard files (a multi-worker run sharded by file) ===
+
+
+def _tags(ds):
+    return sorted(np.concatenate([labels["tag"].numpy().ravel() for _, _, labels in ds]).tolist())
+
+
+def test_file_shares_are_disjoint_cover_the_split_and_read_only_their_files(tmp_path):
+    write_random_dataset(str(tmp_path), scenes=(12, 2), shards=(3, 1))
+    files = reader.find_shards(str(tmp_path), SM)
+    tag = {"tag": (np.int64, (1,))}
+    shares = [_tags(reader.load(SM, str(tmp_path), batch_size=2, context_size=2, repeat=False,
+                                drop_remainder=False, labels=tag, shard=(i, 2)))
+              for i in range(2)]
+    assert sorted(shares[0] + shares[1]) == list(range(12))
+    assert not set(shares[0]) & set(shares[1])
+    for i, share in enumerate(shares):  # share i holds exactly the scenes of files i, i + 2, ...
+        own = [tf.io.parse_single_example(raw, {"tag": tf.io.FixedLenFeature([1], tf.int64)})
+               for raw in tf.data.TFRecordDataset(files[i::2])]
+        assert share == sorted(int(ex["tag"][0]) for ex in own)
+    assert reader.shard_files(files, 1, 2) == [files[1]]
+
+
+def test_a_file_share_resumes_exactly_at_start_step(tmp_path):
+    write_random_dataset(str(tmp_path), scenes=(12, 2), shards=(3, 1))
+
+    def batches(start_step, count):
+        ds = reader.load(SM, str(tmp_path), batch_size=2, context_size=3, random_context_size=True,
+                         seed=5, start_step=start_step, shard=(0, 2))
+        return [b[1].numpy() for b in ds.take(count)]
+
+    whole, resumed = batches(0, 7), batches(5, 2)  # 8 scenes in share 0: epoch 2 starts at 4
+    for a, b in zip(whole[5:], resumed):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_more_shares_than_shard_files_is_refused_naming_the_folder(tmp_path):
+    write_random_dataset(str(tmp_path), scenes=(12, 2), shards=(3, 1))
+    folder = os.path.join(str(tmp_path), SM, "train")
+    with pytest.raises(reader.DataError, match=rf"^{folder} holds 3 shard file\(s\), fewer than "
+                                                r"the 4 shares asked for"):
+        reader.load(SM, str(tmp_path), shard=(0, 4))
+    with pytest.raises(ValueError, match=r"shard index 2 is not in \[0, 2\)"):
+        reader.load(SM, str(tmp_path), shard=(2, 2))
+    with pytest.raises(reader.DataError, match=r"train \(share 1 of 2: 1 shards\) holds 4 scenes, "
+                                                r"fewer than batch_size 6"):
+        reader.load(SM, str(tmp_path), batch_size=6, shard=(1, 2))

@@ -43,6 +43,11 @@ def define_flags(default_model_dir):
                       "tf.distribute strategy: auto picks multi_worker when TF_CONFIG (or Vertex "
                       "AI's CLUSTER_SPEC) names several tasks, mirrored for several GPUs (or "
                       "--cpu_devices > 1), else default.")
+    flags.DEFINE_enum("input_sharding", "auto", ["auto", "file", "record"],
+                      "How a multi-worker run splits the train split over workers: file (each "
+                      "reads its own shard files), record (each reads the seeded stream and keeps "
+                      "its share of every batch: the batches of one process), or auto (file when "
+                      "there are at least as many shards as workers, else record).")
     flags.DEFINE_integer("cpu_devices", None,
                          "Split the CPU into this many logical devices (to try mirrored training "
                          "on one machine).", lower_bound=1)
@@ -173,33 +178,40 @@ def run(job):
         fail_unless(not labels, f"--compose {config.compose}: task heads do not read maze "
                     "compositions yet; train them on single mazes.")
 
-    def load(split, random_context_size=False, seed=None, start_step=0):
+    def load(split, random_context_size=False, seed=None, start_step=0, shard=None,
+             batch_size=config.batch_size):
         if config.compose_sizes():
             return composed_data(data_dir, split, config, seed, start_step)
         return reader.load(
-            FLAGS.dataset, data_dir, split, batch_size=config.batch_size,
+            FLAGS.dataset, data_dir, split, batch_size=batch_size,
             context_size=config.context_size, image_size=config.image_size,
             skip_corrupt=FLAGS.skip_corrupt, labels=labels,
-            random_context_size=random_context_size, seed=seed, start_step=start_step)
-
-    def train_data(start_step=0):
-        return load("train", random_context_size=FLAGS.random_context_size, seed=config.seed,
-                    start_step=start_step)
-
-    data = train_data()
-    shards = len(reader.find_shards(data_dir, FLAGS.dataset, "train"))
-    eval_data = load("test", seed=1234).take(FLAGS.eval_batches).cache()
+            random_context_size=random_context_size, seed=seed, start_step=start_step,
+            shard=shard)
 
     trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, model_dir,
                            max_to_keep=FLAGS.keep_checkpoints, jit_compile=config.jit_compile == "on",
                            max_nonfinite_steps=FLAGS.max_nonfinite_steps, shard_policy="data")
     chief = trainer.is_chief
+    shards = len(reader.find_shards(data_dir, FLAGS.dataset, "train"))
+    by_file = input_by_file(trainer.num_workers, shards, bool(config.compose_sizes()))
+    if by_file:
+        notes.append(f"the train split is sharded by file: worker i of {trainer.num_workers} "
+                     f"reads shards i, i + {trainer.num_workers}, ... of the {shards}.")
+
+    def train_data(start_step=0):
+        def make(shard=None, batch_size=config.batch_size):
+            return load("train", random_context_size=FLAGS.random_context_size,
+                        seed=config.seed, start_step=start_step, shard=shard,
+                        batch_size=batch_size)
+        return loop.FileShards(make) if by_file else make()
+
+    eval_data = load("test", seed=1234).take(FLAGS.eval_batches).cache()
     resumed = trainer.restore()  # every worker, from the chief's checkpoints
     if saved and not resumed:
         print(f"Note: {model_dir} holds run.json but no checkpoint; starting at step 0.",
               file=sys.stderr)
-    if trainer.position:
-        data = train_data(trainer.position)
+    data = train_data(trainer.position)
     run_info = {
         "command": job.command, "dataset": FLAGS.dataset, "data_dir": data_dir,
         "model_dir": model_dir, "preset": (saved or {}).get("preset", FLAGS.preset),
@@ -316,6 +328,19 @@ def run(job):
           f"{skipped(data)} corrupt records skipped this run.\n"
           + "\n".join(outputs), file=sys.stderr)
     return model_dir
+
+
+def input_by_file(workers, shards, composed):
+    """Whether the train split is sharded over `workers` by file (else by record), per --input_sharding."""
+    if FLAGS.input_sharding == "record" or workers == 1:
+        return False
+    if FLAGS.input_sharding == "file":
+        fail_unless(not composed, "--input_sharding file: maze compositions are sharded by "
+                    "record; use --input_sharding record or auto.")
+        fail_unless(shards >= workers, f"--input_sharding file: {shards} train shard(s) for "
+                    f"{workers} workers; each needs at least one (use record or auto).")
+        return True
+    return not composed and shards >= workers
 
 
 def skipped(data):

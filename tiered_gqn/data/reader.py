@@ -55,6 +55,22 @@ def find_shards(data_dir, dataset, split="train"):
     return files
 
 
+def shard_files(files, index, count):
+    """Share `index` of `count` of the shard paths `files`: every count-th one from `index`.
+
+    Raises:
+        DataError: fewer files than shares, naming the folder.
+        ValueError: `index` not in [0, count).
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is not in [0, {count}).")
+    if len(files) < count:
+        folder = os.path.dirname(files[0]) if files else "the data"
+        raise DataError(f"{folder} holds {len(files)} shard file(s), fewer than the {count} "
+                        "shares asked for: each needs at least one file (shard by record instead).")
+    return files[index::count]
+
+
 def raw_features(info):
     """FixedLenFeature spec of the `frames` and `cameras` of a record of `info`."""
     return {
@@ -536,6 +552,7 @@ def load(
     prefetch=True,
     frames_dtype="float32",
     start_step=0,
+    shard=None,
 ):
     """A tf.data pipeline of GQN batches from gqn-datasets shards.
 
@@ -580,6 +597,9 @@ def load(
             `start_step` on of the one with `start_step=0`, bit for bit.
             Needs a seed and `repeat`; costs one pass over the records (read
             and checked as the stream does, not decoded) to count an epoch.
+        shard: None, or (index, count): read only the shard files
+            `shard_files` gives that index (one worker's share of the split
+            when a multi-worker run shards its input by file).
 
     Returns:
         A tf.data.Dataset of `((context_frames [B, K, H, W, 3] float32 in
@@ -596,6 +616,8 @@ def load(
         context_size = info.max_context
     _check_arguments(info, context_size, batch_size, frames_dtype, start_step, seed, repeat)
     files = find_shards(data_dir, dataset, split)
+    if shard is not None:
+        files = shard_files(files, *shard)
     if not skip_corrupt:
         check_first_record(files[0], info)
     label_spec = {
@@ -611,8 +633,9 @@ def load(
         return read_shard
 
     need = batch_size if repeat and drop_remainder else 1
+    scope = "" if shard is None else f" (share {shard[0]} of {shard[1]}: {len(files)} shards)"
     per_epoch = _check_record_count(files, shard_reader, info, need, batch_size,
-                                    count_all=start_step > 0)
+                                    count_all=start_step > 0, scope=scope)
 
     skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_records")
     if shuffle_buffer is None:
@@ -669,7 +692,7 @@ def _quick_options():
 _QUICK = _quick_options()
 
 
-def _check_record_count(files, shard_reader, info, need, batch_size, count_all):
+def _check_record_count(files, shard_reader, info, need, batch_size, count_all, scope=""):
     """Reads enough records (all if `count_all`) to know the split can make batches.
 
     Args:
@@ -679,6 +702,7 @@ def _check_record_count(files, shard_reader, info, need, batch_size, count_all):
         need: records there must be at least.
         batch_size: for the message.
         count_all: count every record, not only the first `need`.
+        scope: said after the folder in a message (which of its shards were read).
 
     Returns:
         The number of records read: with `count_all`, the records per epoch.
@@ -687,7 +711,7 @@ def _check_record_count(files, shard_reader, info, need, batch_size, count_all):
         DataError: fewer than `need` records, naming the folder; or a bad
             shard, naming it (without skip_corrupt).
     """
-    folder = os.path.dirname(files[0])
+    folder = os.path.dirname(files[0]) + scope
     skipped = tf.Variable(0, dtype=tf.int64, trainable=False)
     records = tf.data.Dataset.from_tensor_slices(files).interleave(
         shard_reader(skipped), cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,

@@ -5,8 +5,9 @@ loop: `strategy.run` of the same step over a distributed dataset, with every
 loss averaged over the global batch.
 
 Under MultiWorkerMirroredStrategy every worker runs the same loop in
-lockstep. The input is split over the workers by tf.data auto-sharding
-(`shard_policy`); every worker restores the chief's latest checkpoint, and
+lockstep. The input is split over the workers by file (a `FileShards`
+input: each worker reads its own shard files) or by record (tf.data
+auto-sharding, `shard_policy`); every worker restores the chief's latest checkpoint, and
 every worker saves at the same steps (saving may take part in collectives),
 the chief into the run directory, the others into a temporary directory whose
 copy is deleted at once. A stop (SIGTERM or SIGINT on any worker, or a
@@ -45,6 +46,36 @@ PROGRESS_TERMS = ("elbo", "nll", "kl", "recon_mse")
 EVAL_SEED = 1234
 # Stop requests a worker sends through a multi-worker step, in this order.
 _STOPS = ("_stop_interrupt", "_stop_time")
+
+
+class FileShards:
+    """Input that each worker reads from its own share of the files.
+
+    `make(shard, batch_size)` returns a repeated dataset of `batch_size`-example
+    batches over share `shard` = (index, count) of the files (for example
+    `reader.load(..., shard=shard)`). The trainer builds one pipeline per
+    worker with global batch / workers examples per batch, split over the
+    worker's replicas, so every replica of a step sees the same batch shape.
+    """
+
+    def __init__(self, make):
+        self.make = make
+        self.dataset = None  # this worker's, once built
+
+    def build(self, context, global_batch_size):
+        """This worker's dataset of per-replica batches, for `tf.distribute.InputContext` `context`."""
+        pipelines = context.num_input_pipelines
+        per_worker = global_batch_size // pipelines
+        local_replicas = context.num_replicas_in_sync // pipelines
+        self.dataset = self.make((context.input_pipeline_id, pipelines), per_worker)
+        if local_replicas == 1:
+            return self.dataset
+        return self.dataset.rebatch(per_worker // local_replicas)
+
+    @property
+    def skipped_records(self):
+        """The built dataset's count of skipped corrupt records (None before it is built)."""
+        return getattr(self.dataset, "skipped_records", None)
 
 
 class NonFiniteError(FloatingPointError):
@@ -388,10 +419,13 @@ class Trainer:
         """`dataset` (of global batches) distributed over the replicas (and workers).
 
         Args:
-            dataset: a tf.data.Dataset.
-            shard_policy: how to split it over workers (see the class); None:
-                the trainer's.
+            dataset: a tf.data.Dataset, or a `FileShards` (read by file).
+            shard_policy: how to split a tf.data.Dataset over workers (see
+                the class); None: the trainer's.
         """
+        if isinstance(dataset, FileShards):
+            return self.strategy.distribute_datasets_from_function(
+                lambda context: dataset.build(context, self.global_batch_size))
         policy = self._shard_policy if shard_policy is None else distribute.as_shard_policy(shard_policy)
         if self.num_workers == 1 or policy is None:
             return self.strategy.experimental_distribute_dataset(dataset)
@@ -423,7 +457,8 @@ class Trainer:
 
         Args:
             dataset: a tf.data.Dataset of global batches (repeated), starting
-                at batch `self.position`; sharded over workers by the trainer.
+                at batch `self.position`, sharded over workers by the trainer;
+                or a `FileShards` whose datasets start there.
             max_steps: the step count to stop at.
             checkpoint_every: steps between checkpoints (and at the end).
             callbacks: callables `f(step, metrics, examples_per_s)` called

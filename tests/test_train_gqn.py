@@ -110,16 +110,14 @@ def test_missing_data_dir_names_the_expected_layout(tmp_path):
     assert "No shards in" in err and "001-of-900.tfrecord" in err
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_checkpoints_the_current_step_and_the_run_resumes(tmp_path, signum):
-    write_random_dataset(str(tmp_path / "data"), scenes=(4, 2), shards=(1, 1))
-    model_dir = tmp_path / "m"
-    flags = ["--data_dir", str(tmp_path / "data"), "--preset", "tiny", "--batch_size", "2",
-             "--model_dir", str(model_dir), "--checkpoint_every", "1", "--eval_every", "100000"]
+def _stop_with(signum, flags, model_dir, after_step):
+    """Starts an endless run, sends `signum` twice once a checkpoint past `after_step` exists,
+    checks the clean stop; returns the step it stopped at and its stderr."""
     process = subprocess.Popen([sys.executable, "-m", "trainer.train_gqn", *flags, "--max_steps", "100000"],
                                cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 240
-    while not (model_dir / "checkpoints" / "ckpt-2.index").exists():  # training is under way
+    while not [p for p in (model_dir / "checkpoints").glob("ckpt-*.index")
+               if int(p.name[5:-6]) > after_step + 1]:  # training is under way
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.05)
     process.send_signal(signum)
@@ -129,14 +127,25 @@ def test_a_signal_checkpoints_the_current_step_and_the_run_resumes(tmp_path, sig
     assert process.wait(timeout=120) == 128 + signum
     assert "Traceback" not in err
     step = int(re.search(r"Stopped at step (\d+); checkpoint", err).group(1))
-    assert step >= 2 and (model_dir / "checkpoints" / f"ckpt-{step}.index").exists()
+    assert step >= after_step + 2 and (model_dir / "checkpoints" / f"ckpt-{step}.index").exists()
     assert err.strip().splitlines()[-1] == (
         f"train_gqn: interrupted ({signal.Signals(signum).name}).")
     assert not list((model_dir / "checkpoints").glob(".staging*"))
-    code, err = train(*flags, "--max_steps", str(step + 1))
+    return step, err
+
+
+def test_a_signal_checkpoints_the_current_step_and_the_run_resumes(tmp_path):
+    write_random_dataset(str(tmp_path / "data"), scenes=(4, 2), shards=(1, 1))
+    model_dir = tmp_path / "m"
+    flags = ["--data_dir", str(tmp_path / "data"), "--preset", "tiny", "--batch_size", "2",
+             "--model_dir", str(model_dir), "--checkpoint_every", "1", "--eval_every", "100000"]
+    first, _ = _stop_with(signal.SIGINT, flags, model_dir, 0)  # Ctrl-C
+    second, err = _stop_with(signal.SIGTERM, flags, model_dir, first)  # the resumed run, stopped again
+    assert f"Resuming tiny GQN on shepard_metzler_5_parts at step {first} of" in err
+    code, err = train(*flags, "--max_steps", str(second + 1))
     assert code == 0, err[-3000:]
-    assert f"Resuming tiny GQN on shepard_metzler_5_parts at step {step} of" in err
-    assert f"resumed from {model_dir / 'checkpoints' / f'ckpt-{step}'}" in err
+    assert f"Resuming tiny GQN on shepard_metzler_5_parts at step {second} of" in err
+    assert f"resumed from {model_dir / 'checkpoints' / f'ckpt-{second}'}" in err
 
 
 def test_a_time_budget_ends_the_run_with_its_final_outputs(tmp_path):

@@ -139,3 +139,18 @@ def test_bad_flags_get_one_line(flags, expected, tmp_path):
     lines = own_lines(stderr)
     assert code == 2, stderr
     assert len(lines) == 1 and lines[0].startswith("transfer: error: ") and expected in lines[0], lines
+
+
+@pytest.mark.parametrize("gain, words", [(0.0002, "ends only 0.0002 below the baseline, less than"),
+                                         (-0.0066, "ends 0.0066 above the baseline, worse than it")])
+def test_the_caution_says_which_side_of_the_baseline_the_best_start_ends(gain, words):
+    from trainer.experiments import transfer
+
+    threshold = {"metric": "properties/loss", "value": 0.28, "rule": "the rule", "no_r": "a constant",
+                 "gain_over_baseline": gain}
+    conditions = {"no_r": {"summary": {"final_loss": {"n": 3, "min": 0.2836, "max": 0.2862}}}}
+    text = transfer.threshold_text(threshold, conditions)
+    assert f"**Caution**: the best starting point {words}" in text
+    assert text.endswith("reaching this threshold is not evidence of task information in r.")
+    conditions["no_r"]["summary"]["final_loss"]["min"] = 0.2861  # a spread narrower than the gain
+    assert ("Caution" in transfer.threshold_text(threshold, conditions)) == (gain < 0)

@@ -75,11 +75,11 @@ NO_R = {"properties": ("a constant r (1 everywhere: a frozen Layer2 of zero weig
 # whose first crossing counts as reaching the threshold.
 SMOOTHING = 3
 # Steps at --budget 1, per preset: GQN pretraining, layer-2 pretraining, each transfer run.
-# Sized from the small preset's measured cost (2 cores, 2026-12: GQN step 0.11-0.14 s at
-# r_dim 128, 0.2 s at 256; a head on a frozen r 0.03 s; raw pixels or fine-tuning 0.08 s)
-# so that the default study (3 seeds, 4 studies) takes under an hour.
+# Sized so that the default study (3 seeds, 4 studies, r_dims r/8, r/2, r) takes under an
+# hour on 2 cores on a slow day: the small preset's GQN step costs 0.11-0.14 s on a quiet
+# machine and 0.27 s on a busy host (2026-12); 800/400/500 took 72 and an estimated 90 min.
 PLANS = {
-    "small": (800, 400, 500),
+    "small": (480, 240, 300),
     "small64": (250, 120, 170),
     "tiny": (800, 400, 500),
 }
@@ -120,7 +120,8 @@ flags.DEFINE_float("budget", 1.0,
 flags.DEFINE_list("studies", list(STUDIES), f"Studies to run, some of: {', '.join(STUDIES)}.")
 flags.DEFINE_list("r_dims", [],
                   "r_dim values of the r_size study (the preset's r_dim is always added, reusing "
-                  "study 1's runs). Default: r/8, r/2 and 2r of the preset (16, 64, 256 for small).")
+                  "study 1's runs). Default: r/8 and r/2 of the preset (16, 64 for small); larger r "
+                  "costs the most pretraining (an r 256 step takes about twice an r 128 one).")
 flags.DEFINE_float("threshold", None,
                    "Absolute validation loss of --task that counts as reached (default: the "
                    "--threshold_fraction rule on the no-r baseline and the starting points).")
@@ -221,7 +222,7 @@ def make_plan(config):
             cli.fail(f"--r_dims {','.join(FLAGS.r_dims)}: expected comma-separated integers.")
     else:
         r = config.r_dim
-        r_dims = [max(multiple, r // 8 // multiple * multiple), max(multiple, r // 2), 2 * r]
+        r_dims = [max(multiple, r // 8 // multiple * multiple), max(multiple, r // 2)]
     for r in r_dims:
         if r <= 0 or r % multiple:
             cli.fail(f"--r_dims: {r} is not a positive multiple of {multiple}, which the "
@@ -991,8 +992,11 @@ def threshold_text(threshold, conditions):
     finals = conditions.get("no_r", {}).get("summary", {}).get("final_loss")
     gain = threshold.get("gain_over_baseline")
     if finals and gain is not None and finals["n"] > 1 and gain < finals["max"] - finals["min"]:
-        text += (f" **Caution**: the best starting point ends only {gain:.3g} below the baseline, "
-                 f"less than the baseline's own spread over seeds ({finals['max'] - finals['min']:.3g}): "
+        spread = finals["max"] - finals["min"]
+        where = (f"only {gain:.3g} below the baseline, less than the baseline's own spread over "
+                 f"seeds ({spread:.3g})" if gain >= 0 else
+                 f"{-gain:.3g} above the baseline, worse than it")
+        text += (f" **Caution**: the best starting point ends {where}: "
                  "reaching this threshold is not evidence of task information in r.")
     return text
 

@@ -77,7 +77,8 @@ SMOOTHING = 3
 # Steps at --budget 1, per preset: GQN pretraining, layer-2 pretraining, each transfer run.
 # Sized so that the default study (3 seeds, 4 studies, r_dims r/8, r/2, r) takes under an
 # hour on 2 cores on a slow day: the small preset's GQN step costs 0.11-0.14 s on a quiet
-# machine and 0.27 s on a busy host (2026-12); 800/400/500 took 72 and an estimated 90 min.
+# machine and 0.27 to 0.48 s on a busy host (2026-12); 800/400/500 took 72 and an estimated
+# 90 min on busy days, 480/240/300 took 45 min 26 s on the slowest.
 PLANS = {
     "small": (480, 240, 300),
     "small64": (250, 120, 170),

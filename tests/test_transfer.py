@@ -141,16 +141,31 @@ def test_bad_flags_get_one_line(flags, expected, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("transfer: error: ") and expected in lines[0], lines
 
 
+CAUTION = """
+import json, sys
+from trainer.experiments import transfer
+gain, spread_min = float(sys.argv[1]), float(sys.argv[2])
+threshold = {"metric": "properties/loss", "value": 0.28, "rule": "the rule", "no_r": "a constant",
+             "gain_over_baseline": gain}
+conditions = {"no_r": {"summary": {"final_loss": {"n": 3, "min": spread_min, "max": 0.2862}}}}
+print(json.dumps(transfer.threshold_text(threshold, conditions)))
+"""
+
+
+def caution_text(gain, spread_min):
+    """threshold_text in a subprocess: the module defines absl flags that other tests' modules
+    define too."""
+    done = subprocess.run([sys.executable, "-c", CAUTION, str(gain), str(spread_min)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("gain, words", [(0.0002, "ends only 0.0002 below the baseline, less than"),
                                          (-0.0066, "ends 0.0066 above the baseline, worse than it")])
 def test_the_caution_says_which_side_of_the_baseline_the_best_start_ends(gain, words):
-    from trainer.experiments import transfer
-
-    threshold = {"metric": "properties/loss", "value": 0.28, "rule": "the rule", "no_r": "a constant",
-                 "gain_over_baseline": gain}
-    conditions = {"no_r": {"summary": {"final_loss": {"n": 3, "min": 0.2836, "max": 0.2862}}}}
-    text = transfer.threshold_text(threshold, conditions)
+    text = caution_text(gain, 0.2836)
     assert f"**Caution**: the best starting point {words}" in text
     assert text.endswith("reaching this threshold is not evidence of task information in r.")
-    conditions["no_r"]["summary"]["final_loss"]["min"] = 0.2861  # a spread narrower than the gain
-    assert ("Caution" in transfer.threshold_text(threshold, conditions)) == (gain < 0)
+    # A spread narrower than the gain: no caution for a gain, still one for a loss.
+    assert ("Caution" in caution_text(gain, 0.2861)) == (gain < 0)

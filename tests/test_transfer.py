@@ -144,28 +144,32 @@ def test_bad_flags_get_one_line(flags, expected, tmp_path):
 CAUTION = """
 import json, sys
 from trainer.experiments import transfer
-gain, spread_min = float(sys.argv[1]), float(sys.argv[2])
-threshold = {"metric": "properties/loss", "value": 0.28, "rule": "the rule", "no_r": "a constant",
-             "gain_over_baseline": gain}
-conditions = {"no_r": {"summary": {"final_loss": {"n": 3, "min": spread_min, "max": 0.2862}}}}
-print(json.dumps(transfer.threshold_text(threshold, conditions)))
+texts = {}
+for gain in (0.0002, -0.0066):
+    for spread_min in (0.2836, 0.2861):
+        threshold = {"metric": "properties/loss", "value": 0.28, "rule": "the rule",
+                     "no_r": "a constant", "gain_over_baseline": gain}
+        conditions = {"no_r": {"summary": {"final_loss": {"n": 3, "min": spread_min, "max": 0.2862}}}}
+        texts[f"{gain} {spread_min}"] = transfer.threshold_text(threshold, conditions)
+print(json.dumps(texts))
 """
 
 
-def caution_text(gain, spread_min):
-    """threshold_text in a subprocess: the module defines absl flags that other tests' modules
-    define too."""
-    done = subprocess.run([sys.executable, "-c", CAUTION, str(gain), str(spread_min)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def caution_texts():
+    """threshold_text for each (gain, spread min), in one subprocess: the module defines absl
+    flags that other tests' modules define too."""
+    done = subprocess.run([sys.executable, "-c", CAUTION], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("gain, words", [(0.0002, "ends only 0.0002 below the baseline, less than"),
                                          (-0.0066, "ends 0.0066 above the baseline, worse than it")])
-def test_the_caution_says_which_side_of_the_baseline_the_best_start_ends(gain, words):
-    text = caution_text(gain, 0.2836)
+def test_the_caution_says_which_side_of_the_baseline_the_best_start_ends(caution_texts, gain, words):
+    text = caution_texts[f"{gain} 0.2836"]
     assert f"**Caution**: the best starting point {words}" in text
     assert text.endswith("reaching this threshold is not evidence of task information in r.")
     # A spread narrower than the gain: no caution for a gain, still one for a loss.
-    assert ("Caution" in caution_text(gain, 0.2861)) == (gain < 0)
+    assert ("Caution" in caution_texts[f"{gain} 0.2861"]) == (gain < 0)

@@ -16,6 +16,10 @@ sample_mse (mean over prior samples), mean_sample_mse (their mean's MSE),
 recon_mse (posterior, which sees the target), mean_image_mse, the ratios
 sample_to_mean_image and recon_to_sample, and the final KL in nats.
 With --out DIR it also writes each seed's prediction grid (DIR/seed_N.png).
+
+With --minutes 0, --eval_at 2000,4000 also evaluates each seed at those
+steps on its way to max_steps: one more JSON line each, marked "partial",
+whose train_seconds leave out the evaluations (a learning curve in one run).
 """
 
 import json
@@ -44,6 +48,9 @@ flags.DEFINE_integer("eval_context_size", 5,
                      "maximum).", lower_bound=1)
 flags.DEFINE_integer("samples", 4, "Prior samples per held-out scene.", lower_bound=1)
 flags.DEFINE_bool("random_context_size", True, "Train with a context size drawn per batch.")
+flags.DEFINE_list("eval_at", [],
+                  "With --minutes 0: also evaluate at these training steps (below max_steps), one "
+                  "JSON line each marked \"partial\" (a learning curve; default: only at the end).")
 flags.DEFINE_string("out", None, "Folder for the prediction grids (default: none).")
 flags.DEFINE_string("model_dir", None,
                     "Keep each seed's run in <model_dir>/seed_<N> (run.json, checkpoint, model.keras), "
@@ -67,6 +74,22 @@ def _seeds():
     return seeds
 
 
+def _eval_steps(max_steps):
+    """The --eval_at steps as sorted ints, each in [1, max_steps)."""
+    if not FLAGS.eval_at:
+        return []
+    if FLAGS.minutes:
+        cli.fail(f"--eval_at needs --minutes 0 (a fixed step count), got --minutes {FLAGS.minutes:g}.")
+    try:
+        steps = sorted({int(step) for step in FLAGS.eval_at})
+    except ValueError:
+        cli.fail(f"--eval_at must be comma-separated step counts, got {','.join(FLAGS.eval_at)!r}.")
+    if steps[0] < 1 or steps[-1] >= max_steps:
+        cli.fail(f"--eval_at steps must be between 1 and max_steps - 1 ({max_steps - 1}), got "
+                 f"{','.join(FLAGS.eval_at)!r}.")
+    return steps
+
+
 def _config(preset):
     from tiered_gqn.data import datasets
     from tiered_gqn.models import get_preset
@@ -80,8 +103,11 @@ def _config(preset):
     return config.for_machine()
 
 
-def run_seed(config, data_dir, seed, preset):
-    """Trains one model for the budget and evaluates it; returns its headline dict."""
+def run_seed(config, data_dir, seed, preset, eval_steps=()):
+    """Trains one model for the budget and evaluates it; returns its headline dict.
+
+    At each of `eval_steps` it also evaluates and prints a "partial" JSON line.
+    """
     import keras
 
     from tiered_gqn import viz
@@ -90,20 +116,37 @@ def run_seed(config, data_dir, seed, preset):
     config = config.replace(seed=seed)
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    model, steps, train_seconds, metrics = train_for_budget(config, data_dir, preset)
-    batches = held_out_batches(data_dir)
-    result = {"seed": seed, "steps": steps, "train_seconds": round(train_seconds, 1),
-              "scenes": sum(len(target) for _, target in batches),
-              "context_size": FLAGS.eval_context_size, "final_train_kl": metrics.get("kl")}
-    result.update(evaluate(model, batches, data_dir, float(model.pixel_sigma(steps))))
+    held_out = []  # read at the first evaluation, so that training draws the same randomness
+
+    def result_at(model, steps, train_seconds, metrics):
+        if not held_out:
+            held_out.extend([held_out_batches(data_dir), mean_image(data_dir)])
+        batches, mean = held_out
+        result = {"seed": seed, "steps": steps, "train_seconds": round(train_seconds, 1),
+                  "scenes": sum(len(target) for _, target in batches),
+                  "context_size": FLAGS.eval_context_size, "final_train_kl": metrics.get("kl")}
+        result.update(evaluate(model, batches, mean, float(model.pixel_sigma(steps))))
+        return result
+
+    def partial(model, steps, train_seconds, metrics):
+        line = {"benchmark": "quality", "partial": True,
+                **result_at(model, steps, train_seconds, metrics)}
+        print(json.dumps(line), flush=True)
+
+    model, steps, train_seconds, metrics = train_for_budget(
+        config, data_dir, preset, eval_steps, partial)
+    result = result_at(model, steps, train_seconds, metrics)
     if FLAGS.out:
-        grid = summaries.prediction_grid(model, batches[0], num_samples=2)
+        grid = summaries.prediction_grid(model, held_out[0][0], num_samples=2)
         viz.save_png(os.path.join(FLAGS.out, f"seed_{seed}.png"), grid)
     return result
 
 
-def train_for_budget(config, data_dir, preset):
+def train_for_budget(config, data_dir, preset, eval_steps=(), at_step=None):
     """A model of `config` trained for --minutes (or its max_steps).
+
+    At each of `eval_steps` it calls `at_step(model, step, training seconds,
+    metrics)`; the time that takes is left out of the training seconds.
 
     Returns:
         (model, steps, training seconds, the last step's metrics).
@@ -136,13 +179,19 @@ def train_for_budget(config, data_dir, preset):
         trainer = loop.Trainer(model, optimizer, strategy, config.batch_size, model_dir,
                                max_to_keep=1, jit_compile=config.jit_compile == "on")
         began = time.perf_counter()
-        last_report = [began]
+        last_report, paused = [began], [0.0]
+        pending = set(eval_steps)
 
         def report(step, metrics, rate):
+            if step in pending:
+                pending.discard(step)
+                stopped = time.perf_counter()
+                at_step(model, step, stopped - began - paused[0], metrics)
+                paused[0] += time.perf_counter() - stopped
             now = time.perf_counter()
             if now - last_report[0] >= 30:
                 last_report[0] = now
-                spent = now - began
+                spent = now - began - paused[0]
                 left = (budget - spent) if budget else (max_steps - step) * spent / step
                 print(f"  seed {config.seed}: step {step}, {spent:.0f} s, about {max(left, 0):.0f} s "
                       f"left; elbo {metrics['elbo']:.1f}, kl {metrics['kl']:.2f}, recon mse "
@@ -150,7 +199,7 @@ def train_for_budget(config, data_dir, preset):
 
         metrics = trainer.fit(data, max_steps, checkpoint_every=10**9, callbacks=[report],
                               verbose=False, max_seconds=budget)
-        seconds = time.perf_counter() - began
+        seconds = time.perf_counter() - began - paused[0]
         if FLAGS.model_dir:
             checkpoints.save_model(model, os.path.join(model_dir, "model.keras"))
     return model, trainer.step, seconds, metrics
@@ -172,14 +221,20 @@ def held_out_batches(data_dir):
     return batches
 
 
-def evaluate(model, batches, data_dir, sigma):
-    """`evaluation.summary` of the model on `batches`, beside the mean of 256 training images."""
+def mean_image(data_dir):
+    """The mean of 256 training images, the baseline every error is divided by."""
     from tiered_gqn.data import reader
     from tiered_gqn.training import evaluation
 
     train = reader.load(FLAGS.dataset, data_dir, "train", batch_size=64, context_size=1, seed=1,
                         repeat=False, drop_remainder=False)
-    mean, _ = evaluation.mean_image(train, 256)
+    return evaluation.mean_image(train, 256)[0]
+
+
+def evaluate(model, batches, mean, sigma):
+    """`evaluation.summary` of the model on `batches`, beside the `mean` image."""
+    from tiered_gqn.training import evaluation
+
     rows = evaluation.evaluate(model, batches, sigma, [FLAGS.eval_context_size], mean, seed=0,
                                num_samples=FLAGS.samples)
     return evaluation.summary(rows)
@@ -196,6 +251,7 @@ def main(argv):
     preset = FLAGS.preset
     config = _config(preset)
     seeds = _seeds()
+    eval_steps = _eval_steps(config.max_steps)
     data_dir = FLAGS.data_dir or cache.default_data_dir(FLAGS.dataset)
     reader.find_shards(data_dir, FLAGS.dataset, "test")
     if FLAGS.out:
@@ -207,7 +263,7 @@ def main(argv):
           file=sys.stderr)
     results = []
     for seed in seeds:
-        result = run_seed(config, data_dir, seed, preset)
+        result = run_seed(config, data_dir, seed, preset, eval_steps)
         results.append(result)
         print(json.dumps({"benchmark": "quality", **result}), flush=True)
     medians = {name: statistics.median(r[name] for r in results) for name in HEADLINE

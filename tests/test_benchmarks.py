@@ -125,6 +125,10 @@ def _benchmark_cli(program, *args):
     ("quality", ["--seeds", "0,x"], "--seeds must be comma-separated integers, got '0,x'."),
     ("quality", ["--eval_context_size", 15],
      "--eval_context_size 15 is above shepard_metzler_5_parts's maximum of 14."),
+    ("quality", ["--eval_at", "100"],
+     "--eval_at needs --minutes 0 (a fixed step count), got --minutes 10."),
+    ("quality", ["--minutes", 0, "--preset", "tiny", "--eval_at", "50,100"],
+     "--eval_at steps must be between 1 and max_steps - 1 (99), got '50,100'."),
     ("input_pipeline", ["--batch_size", 0, "--repeats", 0, "--warmup", -1],
      "--batch_size must be at least 1, got 0. --warmup must be >= 0, got -1. "
      "--repeats must be at least 1, got 0."),
@@ -163,9 +167,18 @@ def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
     done = _benchmark_cli("quality", "--data_dir", tmp_path / "data", "--preset", "tiny",
                           "--minutes", 0, "--max_steps", 3, "--seeds", "0,1", "--eval_scenes", 5,
                           "--samples", 2, "--eval_context_size", 2, "--out", tmp_path / "out",
-                          "--model_dir", tmp_path / "runs")
+                          "--model_dir", tmp_path / "runs", "--eval_at", "2,1")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    # Each seed's learning curve (--eval_at, in step order) comes before its final line.
+    partial = [line for line in lines if line.get("partial")]
+    assert [(line["seed"], line["steps"]) for line in partial] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert [line.get("seed") for line in lines] == [0, 0, 0, 1, 1, 1, None]
+    for before, after in zip(partial[::2], partial[1::2]):
+        assert 0 < before["train_seconds"] <= after["train_seconds"]
+        assert before["sample_mse"] != after["sample_mse"]  # a step apart, another model
+        assert before["mean_image_mse"] == after["mean_image_mse"]
+    lines = [line for line in lines if not line.get("partial")]
     assert [line.get("seed") for line in lines[:2]] == [0, 1] and "median" in lines[2]
     for line in lines[:2]:
         assert line["steps"] == 3 and line["scenes"] == 5 and line["context_size"] == 2
@@ -178,6 +191,7 @@ def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
     median = lines[2]["median"]
     assert median["sample_mse"] == pytest.approx((lines[0]["sample_mse"] + lines[1]["sample_mse"]) / 2)
     assert lines[2]["overrides"] == {"max_steps": 3}
+    assert lines[0]["train_seconds"] >= partial[1]["train_seconds"]
     assert (tmp_path / "out" / "seed_0.png").exists() and (tmp_path / "out" / "seed_1.png").exists()
     # Each seed's run directory is one that trainer.evaluate and trainer.render read.
     from tiered_gqn.training import checkpoints

@@ -21,8 +21,8 @@ With --profile DIR it also traces one step into DIR (TensorBoard's Profile
 tab) and prints the op time by category and op type before the final line,
 whose `profile_ms` gives the categories.
 
-With --alternate FIELD (a bool GQNConfig field) it builds the model twice,
-FIELD on and off, with the same weights, and times them in --repeats rounds
+With --alternate FIELD (a bool GQNConfig field, or jit_compile: XLA on and
+off) it builds the model twice, FIELD on and off, with the same weights, and times them in --repeats rounds
 of --steps steps each, the order swapping every round (on, off; off, on; ...),
 so that both see the same machine load. The final line then gives, per
 setting ("on", "off"), s_per_step (the median over all its timed steps),
@@ -60,8 +60,9 @@ flags.DEFINE_bool("input_pipeline", False,
 flags.DEFINE_string("data_dir", None, "Data root for --input_pipeline (default: the embedded data).")
 flags.DEFINE_string("profile", None, "Trace one more step into this directory and print where its time goes.")
 flags.DEFINE_string("alternate", None,
-                    "A bool GQNConfig field (for example float32_cell) to time on and off in one run, "
-                    "alternating --repeats rounds of --steps steps.")
+                    "A bool GQNConfig field (for example float32_cell), or jit_compile (XLA on and "
+                    "off), to time on and off in one run, alternating --repeats rounds of --steps "
+                    "steps.")
 flags.DEFINE_integer("repeats", 5, "Rounds per setting with --alternate (at least 1).")
 
 # The data --input_pipeline reads, and whose maximum a context_size of 0 means.
@@ -152,6 +153,15 @@ def _batches(config):
                             context_size=config.context_size, image_size=config.image_size))
 
 
+# Fields --alternate takes besides the bool ones, with their (on, off) values.
+_ON_OFF_FIELDS = {"jit_compile": ("on", "off")}
+
+
+def _on_off(field):
+    """The (on, off) values of an --alternate field."""
+    return _ON_OFF_FIELDS.get(field, (True, False))
+
+
 def _bool_fields():
     import typing
 
@@ -168,9 +178,9 @@ def check_flags():
                 if FLAGS[name].value < least]
     field = FLAGS["alternate"].value  # read unparsed too, as the tests call this
     if field is not None:
-        if field not in _bool_fields():
+        if field not in _bool_fields() and field not in _ON_OFF_FIELDS:
             problems.append(f"--alternate {field} is not a bool GQNConfig field "
-                            f"({', '.join(_bool_fields())}).")
+                            f"({', '.join(_bool_fields())}) or {', '.join(_ON_OFF_FIELDS)}.")
         elif FLAGS[field].present:
             problems.append(f"--alternate {field} times both values: do not also set --{field}.")
         if FLAGS["profile"].value:
@@ -226,7 +236,8 @@ def _compute_dtype(config):
 def alternate(config, batch):
     """Times `config` with FLAGS.alternate on and off in alternating rounds; returns the final record."""
     field = FLAGS.alternate
-    settings = {"on": config.replace(**{field: True}), "off": config.replace(**{field: False})}
+    on, off = _on_off(field)
+    settings = {"on": config.replace(**{field: on}), "off": config.replace(**{field: off})}
     trainers, flops, first = {}, {}, None
     for name, setting in settings.items():
         trainers[name], flops[name] = make_trainer(setting, batch, first)

@@ -201,19 +201,24 @@ def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
     assert (tmp_path / "runs" / "seed_1" / "model.keras").exists()
 
 
-def test_train_step_alternates_a_bool_field_in_rounds():
+@pytest.mark.parametrize("field", ["hoist", "jit_compile"])
+def test_train_step_alternates_a_field_in_rounds(field):
     import json
 
-    done = _benchmark_cli("train_step", "--config", "tiny", "--alternate", "hoist", "--steps", 2,
+    done = _benchmark_cli("train_step", "--config", "tiny", "--alternate", field, "--steps", 2,
                           "--repeats", 2, "--warmup", 1, "--probe_steps", 1)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.strip().splitlines()]
     steps, record = lines[:-1], lines[-1]
     # Two rounds of two steps per setting, the order swapped in the second round.
-    assert [(s["round"], s["hoist"]) for s in steps] == [
+    assert [(s["round"], s[field]) for s in steps] == [
         (0, True), (0, True), (0, False), (0, False), (1, False), (1, False), (1, True), (1, True)]
-    assert record["alternate"] == "hoist" and len(record["on"]["round_s"]) == 2
+    assert record["alternate"] == field and len(record["on"]["round_s"]) == 2
     assert record["ratio"] > 0 and record["on"]["s_per_step"] > 0 and record["off"]["s_per_step"] > 0
+
+
+def test_train_step_alternate_names_the_fields_it_takes():
     bad = _benchmark_cli("train_step", "--alternate", "batch_size")
     assert bad.returncode == 2 and own_lines(bad.stderr)[-1].startswith(
         "train_step: error: --alternate batch_size is not a bool GQNConfig field")
+    assert own_lines(bad.stderr)[-1].endswith(") or jit_compile.")

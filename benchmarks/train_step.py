@@ -22,9 +22,10 @@ tab) and prints the op time by category and op type before the final line,
 whose `profile_ms` gives the categories.
 
 With --alternate FIELD (a bool GQNConfig field, or jit_compile: XLA on and
-off) it builds the model twice, FIELD on and off, with the same weights, and times them in --repeats rounds
-of --steps steps each, the order swapping every round (on, off; off, on; ...),
-so that both see the same machine load. The final line then gives, per
+off) it builds the model twice, FIELD on and off, with the same weights,
+and times them in --repeats rounds of --steps steps each, the order
+swapping every round (on, off; off, on; ...), so that both see the same
+machine load. The final line then gives, per
 setting ("on", "off"), s_per_step (the median over all its timed steps),
 scenes_per_s, gflops and round_s (each round's median), and `ratio`: the
 median over rounds of on / off.

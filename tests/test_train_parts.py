@@ -127,6 +127,22 @@ def test_train_gqn_trains_heads_with_the_renderer(source):
     assert {"elbo", "localization/position_error", "localization/loss"} <= tags
 
 
+def test_train_gqn_evaluates_with_a_head_that_reads_labels(tmp_path):
+    # The properties head reads labels from the records: its batches carry a
+    # third item, which the evaluations (here at the last step) pass over.
+    from tiered_gqn.data import generate
+
+    data = tmp_path / "data"
+    generate.generate("shepard_metzler_5_parts", str(data), 4, 2, shards=1, workers=1,
+                      verbose=False)
+    code, err = command("trainer.train_gqn", "--data_dir", str(data), "--model_dir",
+                        str(tmp_path / "run"), "--heads", "properties", "--max_steps", "2",
+                        *SMALL)
+    assert code == 0, err[-3000:]
+    assert "properties      Properties    trained" in err and "properties/colour_mse" in err
+    assert (tmp_path / "run" / "final.png").exists()
+
+
 @pytest.mark.parametrize("module,flags,message", [
     ("trainer.train_encoder", ["--r_dim", "8"],
      "train_encoder: error: --encoder/--r_dim: The decoder reads r of shape (1, 1, 16), but the "

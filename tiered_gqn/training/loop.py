@@ -332,7 +332,7 @@ class Trainer:
         losses = self.model.compute_losses(batch, sigma, training=False, seed=EVAL_SEED)
         metrics = self._terms(losses)
         if hasattr(self.model, "generate"):  # a novel view from the prior: never sees the target
-            (frames, cameras, query), target = batch
+            (frames, cameras, query), target, *_ = batch  # a third item: the heads' labels
             sample = self.model.generate(frames, cameras, query, seed=EVAL_SEED + 1)
             metrics["sample_mse"] = self._average(elbo.squared_error(unit_float(target), sample))
         return metrics

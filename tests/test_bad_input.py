@@ -519,3 +519,24 @@ def test_every_case_is_documented():
         text = f.read()
     missing = [case.id for case in CASES if f"`{case.id}`" not in text]
     assert not missing, f"cases missing from {DOCS}: {missing}"
+
+
+def _unpack_two(batch):
+    first, second = batch
+    return first + second
+
+
+def test_an_error_raised_while_tracing_keeps_its_cause_as_the_line():
+    import tensorflow as tf
+
+    from tiered_gqn import cli
+
+    try:
+        tf.function(_unpack_two)((tf.constant(1), tf.constant(2), tf.constant(3)))
+    except ValueError as error:
+        assert str(error).strip().startswith("in user code:")  # autograph's wrapper
+        assert cli.error_line(error) == "too many values to unpack (expected 2)"
+    else:
+        raise AssertionError("the traced call should have failed")
+    assert cli.error_line(ValueError("first line\nsecond line")) == "first line"
+    assert cli.error_line(ValueError("")) == "ValueError"

@@ -15,6 +15,7 @@ Signals are handled as `tiered_gqn.interrupts` describes.
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -42,11 +43,18 @@ def program_name():
 
 
 def error_line(error):
-    """The first line of an error's message, or its type when it has none."""
+    """The first line of an error's message, or its type when it has none.
+
+    An error raised while tracing a tf.function reads "in user code:", then
+    the traceback, then the cause: the cause's line is the one kept.
+    """
     text = str(error).strip()
     if isinstance(error, OSError) and error.filename and error.strerror:
         text = f"{error.filename}: {error.strerror}"
-    return text.splitlines()[0] if text else type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0] == "in user code:":
+        return re.sub(r"^\w+(Error|Exception): ", "", lines[-1])
+    return lines[0] if lines else type(error).__name__
 
 
 def fail(message, code=USAGE):

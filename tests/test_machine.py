@@ -16,7 +16,7 @@ def gpu(major, minor=0):
 
 
 @pytest.mark.parametrize("described,dtype,jit", [
-    (CPU, "float32", "on"),
+    (CPU, "float32", "off"),
     (AMX, "mixed_bfloat16", "off"),
     (gpu(9), "mixed_bfloat16", "on"),
     (gpu(8, 6), "mixed_bfloat16", "on"),

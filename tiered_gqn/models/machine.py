@@ -4,11 +4,12 @@ Measured on a 2-core CPU with AMX (see docs/benchmarks.md): mixed bfloat16 is ab
 3.8 times faster than direct float32 (1.9 times faster than float32 with
 Winograd convolutions) with the likelihood and KL kept in float32, and XLA
 makes the bfloat16 step about 4 times slower (its CPU backend does not use
-the AMX kernels) and the float32 step with direct convolutions about 10%
-slower. On a 2-core CPU without native bfloat16 (AMD EPYC, AVX2), XLA makes
-the float32 Winograd step faster: 0.78 of the time for `small`, 0.85 for
-`bench8` (rounds alternated). On GPUs, XLA and a 16-bit compute type are
-the usual fast path.
+the AMX kernels) and the float32 step about 10% slower. On a 2-core CPU
+without native bfloat16 (AMD EPYC, AVX2), XLA makes the float32 Winograd
+step faster (0.78 of the time for `small`), but it compiles once per
+context size, which costs the 800-step quick start more than it saves: it
+stays off on CPUs. On GPUs, XLA and a 16-bit compute type are the usual
+fast path.
 """
 
 import os
@@ -53,16 +54,15 @@ def fastest_settings(machine=None):
     - GPUs of compute capability 8 or more: mixed_bfloat16 with XLA;
       7.x: mixed_float16 (with loss scaling) with XLA; older: float32 with XLA.
     - CPUs with native bfloat16 (AMX or AVX512-BF16): mixed_bfloat16 without XLA.
-    - Other CPUs: float32 with XLA.
+    - Other CPUs: float32 without XLA.
     """
     machine = describe() if machine is None else machine
     if machine["gpus"]:
         major = min((gpu["compute_capability"] or [0])[0] for gpu in machine["gpus"])
         dtype = "mixed_bfloat16" if major >= 8 else "mixed_float16" if major >= 7 else "float32"
         return {"dtype_policy": dtype, "jit_compile": "on"}
-    if machine["cpu_bf16"]:
-        return {"dtype_policy": "mixed_bfloat16", "jit_compile": "off"}
-    return {"dtype_policy": "float32", "jit_compile": "on"}
+    dtype = "mixed_bfloat16" if machine["cpu_bf16"] else "float32"
+    return {"dtype_policy": dtype, "jit_compile": "off"}
 
 
 def conv_algorithm(dtype_policy, kernel_size, machine=None):

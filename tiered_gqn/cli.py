@@ -46,7 +46,7 @@ def error_line(error):
     """The first line of an error's message, or its type when it has none.
 
     An error raised while tracing a tf.function reads "in user code:", then
-    the traceback, then the cause: the cause's line is the one kept.
+    the traceback, then the cause: the cause's message is the one kept.
     """
     text = str(error).strip()
     if isinstance(error, OSError) and error.filename and error.strerror:

@@ -158,11 +158,6 @@ def _batches(config):
 _ON_OFF_FIELDS = {"jit_compile": ("on", "off")}
 
 
-def _on_off(field):
-    """The (on, off) values of an --alternate field."""
-    return _ON_OFF_FIELDS.get(field, (True, False))
-
-
 def _bool_fields():
     import typing
 
@@ -237,7 +232,7 @@ def _compute_dtype(config):
 def alternate(config, batch):
     """Times `config` with FLAGS.alternate on and off in alternating rounds; returns the final record."""
     field = FLAGS.alternate
-    on, off = _on_off(field)
+    on, off = _ON_OFF_FIELDS.get(field, (True, False))
     settings = {"on": config.replace(**{field: on}), "off": config.replace(**{field: off})}
     trainers, flops, first = {}, {}, None
     for name, setting in settings.items():

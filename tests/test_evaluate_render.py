@@ -86,6 +86,12 @@ def test_evaluate_writes_every_context_size_and_both_baselines(tiny_run):
     assert float(table[0]["elbo"]) == pytest.approx(report["rows"][0]["elbo"], rel=1e-5)
     assert "prior samples" in done.stdout and "prior-sample MSE" in done.stdout
     assert str(tiny_run / "eval_test.json") in done.stdout
+    # The tiny preset trains on 1 to 3 views: the larger sizes are marked.
+    assert report["trained_context_sizes"] == [1, 2, 3]
+    labels = [line.split()[0] for line in done.stdout.splitlines()
+              if "|" in line and line.split()[0].rstrip("*").isdigit()]
+    assert labels == ["1", "2", "3"] + [f"{k}*" for k in range(4, SM_MAX_CONTEXT + 1)]
+    assert "* a context size the model did not train on (it trained on 1 to 3)" in done.stdout
 
 
 def test_evaluate_checks_context_sizes(tiny_run):

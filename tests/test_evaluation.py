@@ -103,7 +103,14 @@ def test_evaluate_pools_context_sizes_and_reports_the_baselines_on_the_same_quer
     assert summary["sample_to_mean_image"] == pytest.approx(1.0, rel=1e-6)
     assert math.isnan(by_key["nearest_view", 1]["recon_mse"])
     table = evaluation.format_table(rows)
-    assert "prior samples" in table and "posterior" in table
+    assert "prior samples" in table and "posterior" in table and "*" not in table
+    # Sizes outside the trained ones are marked, and a footnote says which were trained.
+    marked = evaluation.format_table(rows, trained_sizes=[1]).splitlines()
+    assert [line.split()[0] for line in marked[2:5]] == ["1", "3*", "overall"]
+    assert marked[-1] == "* a context size the model did not train on (it trained on 1)"
+    assert evaluation.format_table(rows, trained_sizes=[1, 2, 3]) == table
+    assert "(it trained on 1, 3)" in evaluation.format_table(
+        [dict(r, context_size=5) if r["context_size"] == 3 else r for r in rows], [1, 3])
     with pytest.raises(ValueError, match="Context size 4 asked of a batch with 3"):
         evaluation.evaluate(model, batches, 0.7, [4], mean)
 

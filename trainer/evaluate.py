@@ -12,7 +12,8 @@ KL and reconstruction MSE (it sees the target: labelled as reconstruction);
 bits per subpixel with the 8-bit offset; and the mean-training-image and
 nearest-context-view baselines on the same queries (see
 tiered_gqn/training/evaluation.py). Errors are measured at the data's
-resolution. Writes <model_dir>/eval_<split>.json and .csv.
+resolution. Context sizes the run did not train on are marked with a "*".
+Writes <model_dir>/eval_<split>.json and .csv.
 """
 
 import os
@@ -67,6 +68,7 @@ def main(argv):
     batch_size = FLAGS.batch_size or config.batch_size
     info = datasets.get_info(run["dataset"])
     context_sizes = _context_sizes(info)
+    trained = _trained_sizes(run, config, info)
     try:
         data = split_data = reader.load(
             run["dataset"], data_dir, FLAGS.split, batch_size=batch_size,
@@ -105,7 +107,8 @@ def main(argv):
         "checkpoint": run["checkpoint"], "skipped_records": skipped,
         "step": step, "sigma": sigma, "sigma_source": sigma_source,
         "seed": FLAGS.seed, "batch_size": batch_size, "scenes": scenes,
-        "context_sizes": context_sizes, "samples": FLAGS.samples, "mean_image_count": mean_count,
+        "context_sizes": context_sizes, "trained_context_sizes": trained,
+        "samples": FLAGS.samples, "mean_image_count": mean_count,
         "angle_weight": FLAGS.angle_weight, "image_size": config.image_size,
         "units": "mse, mean_sample_mse: per subpixel, pixels in [0, 1], from prior samples "
                  "(novel views) at the data's resolution; psnr: dB; recon_mse: posterior pass, "
@@ -119,7 +122,7 @@ def main(argv):
     evaluation.write_json(stem + ".json", report)
     evaluation.write_csv(stem + ".csv", rows)
     head = report["summary"]
-    print(evaluation.format_table(rows))
+    print(evaluation.format_table(rows, trained))
     print(f"\n{scenes} {FLAGS.split} scenes per context size, sigma {sigma:.4f}. Pooled over context "
           f"sizes: prior-sample MSE {head['sample_mse']:.5f}"
           + (f" ({head['sample_to_mean_image']:.3f} of the mean image's {head['mean_image_mse']:.5f})"
@@ -129,6 +132,15 @@ def main(argv):
           f"({head['bits_per_dim']:.4f} bits/dim), KL {head['kl']:.2f}"
           + (f"; {skipped} corrupt records skipped" if FLAGS.skip_corrupt else "")
           + f".\n  {stem}.json\n  {stem}.csv")
+
+
+def _trained_sizes(run, config, info):
+    """The context sizes the run trained on: 1 to its largest, or only the
+    largest when it trained with --norandom_context_size."""
+    largest = config.context_size or info.max_context
+    if run.get("random_context_size", True):
+        return list(range(1, largest + 1))
+    return [largest]
 
 
 def _context_sizes(info):

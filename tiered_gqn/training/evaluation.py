@@ -311,9 +311,10 @@ def write_csv(path, rows):
         f.write(buffer.getvalue())
 
 
-def format_table(rows):
+def format_table(rows, trained_sizes=None):
     """A text table, one line per context size: the GQN's prior-sample errors, its
-    reconstruction error and ELBO, then each baseline's MSE and PSNR."""
+    reconstruction error and ELBO, then each baseline's MSE and PSNR. Sizes not
+    in `trained_sizes` (when given) are marked with a "*" and a footnote."""
     by_key = {(row["method"], row["context_size"]): row for row in rows}
     sizes = [row["context_size"] for row in rows if row["method"] == "gqn"]
     baselines = [m for m in METHODS[1:] if (m, sizes[0]) in by_key]
@@ -325,15 +326,29 @@ def format_table(rows):
         head += f" | {'MSE':>8} {'PSNR':>6}"
         title += f" | {method.replace('_', ' '):^15}"
     lines = [title, head]
+    untrained = [k for k in sizes if trained_sizes is not None and k not in trained_sizes
+                 and k != OVERALL]
     for k in sizes:
         gqn = by_key["gqn", k]
-        line = (f"{k:>8} {gqn['examples']:>6} | {gqn['mse']:>10.5f} {gqn['mean_sample_mse']:>8.5f}"
+        label = f"{k}*" if k in untrained else f"{k}"
+        line = (f"{label:>8} {gqn['examples']:>6} | {gqn['mse']:>10.5f} {gqn['mean_sample_mse']:>8.5f}"
                 f" {gqn['psnr']:>6.2f} | {gqn['recon_mse']:>9.5f} {gqn['elbo']:>9.1f}"
                 f" {gqn['kl']:>7.2f} {gqn['bits_per_dim']:>8.4f}")
         for method in baselines:
             line += f" | {by_key[method, k]['mse']:>8.5f} {by_key[method, k]['psnr']:>6.2f}"
         lines.append(line)
+    if untrained:
+        lines.append(f"* a context size the model did not train on (it trained on "
+                     f"{_size_range(trained_sizes)})")
     return "\n".join(lines)
+
+
+def _size_range(sizes):
+    """'1 to 5' for a run of sizes, else the sizes comma-separated."""
+    sizes = sorted(sizes)
+    if len(sizes) > 1 and sizes == list(range(sizes[0], sizes[-1] + 1)):
+        return f"{sizes[0]} to {sizes[-1]}"
+    return ", ".join(map(str, sizes))
 
 
 def summary(rows):

@@ -121,6 +121,10 @@ class Job:
             assert code == 0, self.output(index, "err")[-3000:]
 
 
+# One worker runs all of this module (`--dist loadgroup`), so its module fixture is built once.
+pytestmark = pytest.mark.xdist_group(__name__)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -175,7 +179,7 @@ def test_sigterm_stops_every_worker_at_one_checkpoint_and_a_killed_worker_resume
 
     # Restarted, the job resumes there; SIGKILL worker 1 after a newer checkpoint.
     job = Job(data, run, out, tmp_path / "logs2", *slow)
-    job.wait_for(lambda: "start" in job.output(1), "the restart")
+    job.wait_for(lambda: all("start" in job.output(i) for i in range(2)), "the restart")
     for index in range(2):
         assert f"start {stopped} {stopped} " in job.output(index)
     job.wait_for(lambda: _checkpoint_steps(run)[-1] > stopped, "a newer checkpoint")

@@ -32,10 +32,6 @@ def _cli(program, *args, check=True):
     return done
 
 
-# One worker runs all of this module (`--dist loadgroup`), so its module fixture is built once.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A run directory of the tiny preset trained 4 steps on random scenes."""

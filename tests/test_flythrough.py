@@ -25,10 +25,6 @@ def _cli(program, *args, env=None):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
 
-# One worker runs all of this module (`--dist loadgroup`), so its module fixture is built once.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def gen_run(tmp_path_factory):
     """A GEN run of the tiny preset trained 2 steps on 1x1 mazes (embedded data in a tmp cache)."""

@@ -30,10 +30,6 @@ def _run(*args, timeout=300):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
-# One worker runs all of this module (`--dist loadgroup`), so its module fixture is built once.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     """The experiment at a tiny budget: tiny preset, one seed, 6 rendered mazes."""

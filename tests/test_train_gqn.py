@@ -23,10 +23,6 @@ def train(*flags, env=None):
     return done.returncode, done.stderr
 
 
-# One worker runs all of this module (`--dist loadgroup`), so its module fixture is built once.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")

@@ -35,10 +35,6 @@ def same(a, b):
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-# One worker runs all of this module (`--dist loadgroup`), so its module fixture is built once.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny train_gqn run to start from, and its data."""

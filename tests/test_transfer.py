@@ -23,10 +23,6 @@ def command(*flags, env=None):
     return done.returncode, done.stdout, done.stderr
 
 
-# One worker runs all of this module (`--dist loadgroup`), so its module fixture is built once.
-pytestmark = pytest.mark.xdist_group(__name__)
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A whole study at --budget 0.02 on the tiny preset, one seed, procedural data in a temp dir."""

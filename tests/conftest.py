@@ -13,6 +13,42 @@ from tiered_gqn.data import datasets, writer
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "gqn-samples"
 
 
+# Modules whose module-scoped fixtures train or render for a while. Under
+# `pytest -n 2` each worker would build them once; these run whole on one
+# worker instead, every other test on whichever worker is free.
+ONE_WORKER_MODULES = frozenset({
+    "test_cloud_stage.py", "test_compose.py", "test_evaluate_render.py", "test_flythrough.py",
+    "test_gen_memory.py", "test_multiworker.py", "test_train_gqn.py", "test_train_parts.py",
+    "test_transfer.py",
+})
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test of a minute or more; runs before the others")
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first, so that under -n 2 no worker is left with one at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling, with a module as the scope for ONE_WORKER_MODULES and a test elsewhere."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    here = pathlib.Path(__file__).parent
+    missing = sorted(name for name in ONE_WORKER_MODULES if not (here / name).is_file())
+    if missing:
+        raise pytest.UsageError(f"conftest.py: ONE_WORKER_MODULES names missing test modules: {', '.join(missing)}")
+
+    class ModuleFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::", 1)[0]
+            return module if os.path.basename(module) in ONE_WORKER_MODULES else nodeid
+
+    return ModuleFixtureScheduling(config, log)
+
+
 @pytest.fixture
 def samples_dir():
     """The real Shepard-Metzler samples shipped beside the project, or a skip."""

@@ -158,6 +158,7 @@ def test_a_single_bad_step_flag_is_named_alone():
         train_step.check_flags()  # no warm-up is allowed
 
 
+@pytest.mark.slow
 def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
     import json
 
@@ -201,6 +202,7 @@ def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
     assert (tmp_path / "runs" / "seed_1" / "model.keras").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field", ["hoist", "jit_compile"])
 def test_train_step_alternates_a_field_in_rounds(field):
     import json

@@ -49,6 +49,7 @@ def _gap(a, b):
 
 
 # === Training over 2 replicas ===
+@pytest.mark.slow
 def test_mirrored_over_two_cpus_trains_like_one_device(tmp_path):
     data = tmp_path / "data"
     write_random_dataset(str(data), scenes=(12, 2), shards=(3, 1))

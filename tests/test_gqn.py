@@ -387,6 +387,7 @@ MIRRORED = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_fit_under_mirrored_strategy():
     script = MIRRORED.format(tests=os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)

@@ -104,6 +104,7 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert done.returncode == 1 and "Traceback" in done.stderr and "RuntimeError" in done.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_embedded_data_renders_leaves_no_partial_folder(tmp_path):
     env = {**os.environ, "TIERED_GQN_CACHE": str(tmp_path / "cache")}
     process = subprocess.Popen(

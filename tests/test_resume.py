@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import write_random_dataset
@@ -54,6 +55,7 @@ def tensors(prefix):
             if "save_counter" not in name and "_CHECKPOINTABLE_OBJECT_GRAPH" not in name}
 
 
+@pytest.mark.slow
 def test_sigkill_at_two_random_moments_ends_bit_equal_to_an_uninterrupted_run(tmp_path):
     data = tmp_path / "data"
     write_random_dataset(str(data), scenes=(10, 4), shards=(3, 1))

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import write_random_dataset
 
@@ -23,6 +24,7 @@ def train(data, model_dir, *flags):
     return done.stderr
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_cpus_gives_the_weights_of_one_device(tmp_path):
     import keras
 

@@ -32,6 +32,7 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: plain `pytest` without xdist still runs
 def pytest_xdist_make_scheduler(config, log):
     """xdist's scope scheduling, with a module as the scope for ONE_WORKER_MODULES and a test elsewhere."""
     from xdist.scheduler import LoadScopeScheduling

@@ -13,7 +13,8 @@ from tiered_gqn.data import datasets, writer
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "gqn-samples"
 
 
-# Modules whose module-scoped fixtures train or render for a while. Under
+# Modules whose module-scoped fixtures are costly (a trained run, rendered
+# scenes, a storage emulator). Under
 # `pytest -n 2` each worker would build them once; these run whole on one
 # worker instead, every other test on whichever worker is free.
 ONE_WORKER_MODULES = frozenset({

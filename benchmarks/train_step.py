@@ -25,7 +25,10 @@ With --alternate FIELD (a bool GQNConfig field, or jit_compile: XLA on and
 off) it builds the model twice, FIELD on and off, with the same weights,
 and times them in --repeats rounds of --steps steps each, the order
 swapping every round (on, off; off, on; ...), so that both see the same
-machine load. The final line then gives, per
+machine load. With --alternate FIELD=VALUE,... (for example
+"r_dim=32,h_dim=32") "on" is the preset with those values and "off" the
+preset as it is (with the same weights if every shape is the same). The
+final line then gives, per
 setting ("on", "off"), s_per_step (the median over all its timed steps),
 scenes_per_s, gflops and round_s (each round's median), and `ratio`: the
 median over rounds of on / off.
@@ -63,7 +66,8 @@ flags.DEFINE_string("profile", None, "Trace one more step into this directory an
 flags.DEFINE_string("alternate", None,
                     "A bool GQNConfig field (for example float32_cell), or jit_compile (XLA on and "
                     "off), to time on and off in one run, alternating --repeats rounds of --steps "
-                    "steps.")
+                    "steps; or FIELD=VALUE,... (for example r_dim=32,h_dim=32): the preset with "
+                    "those values (on) against the preset as it is (off).")
 flags.DEFINE_integer("repeats", 5, "Rounds per setting with --alternate (at least 1).")
 
 # The data --input_pipeline reads, and whose maximum a context_size of 0 means.
@@ -167,6 +171,48 @@ def _bool_fields():
     return [name for name in GQNConfig.field_names() if hints[name] is bool]
 
 
+def alternate_overrides(text):
+    """The GQNConfig values of `--alternate FIELD=VALUE,...` as a dict, each of its field's type.
+
+    Raises a one-line ValueError naming the pair that is not FIELD=VALUE, the
+    unknown field or the value of the wrong type.
+    """
+    import typing
+
+    from tiered_gqn.models.presets import GQNConfig
+
+    hints = typing.get_type_hints(GQNConfig)
+    overrides = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or not name or not value:
+            raise ValueError(f"--alternate {text}: {pair!r} is not FIELD=VALUE.")
+        if name not in hints:
+            raise ValueError(f"--alternate {text}: {name} is not a GQNConfig field.")
+        kind = hints[name]
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                overrides[name] = value.lower() == "true"
+            else:
+                overrides[name] = kind(value)
+        except (TypeError, ValueError):
+            expected = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+            raise ValueError(f"--alternate {text}: {name} takes {expected}, got {value!r}.") from None
+    if not overrides:
+        raise ValueError(f"--alternate {text}: expected FIELD=VALUE pairs.")
+    return overrides
+
+
+def alternate_settings(config, alternate):
+    """The "on" and "off" configs that `--alternate` times, as a dict."""
+    if "=" in alternate:
+        return {"on": config.replace(**alternate_overrides(alternate)), "off": config}
+    on, off = _ON_OFF_FIELDS.get(alternate, (True, False))
+    return {"on": config.replace(**{alternate: on}), "off": config.replace(**{alternate: off})}
+
+
 def check_flags():
     """Raises a one-line ValueError naming every step-count flag out of range, and a bad --alternate."""
     problems = [f"--{name} must be {'at least 1' if least else '>= 0'}, got {FLAGS[name].value}."
@@ -174,9 +220,18 @@ def check_flags():
                 if FLAGS[name].value < least]
     field = FLAGS["alternate"].value  # read unparsed too, as the tests call this
     if field is not None:
-        if field not in _bool_fields() and field not in _ON_OFF_FIELDS:
+        if "=" in field:
+            try:
+                overrides = alternate_overrides(field)
+            except ValueError as error:
+                problems.append(str(error))
+            else:
+                problems += [f"--alternate {field} sets {name}: do not also set --{name}."
+                             for name in overrides if name in FLAGS and FLAGS[name].present]
+        elif field not in _bool_fields() and field not in _ON_OFF_FIELDS:
             problems.append(f"--alternate {field} is not a bool GQNConfig field "
-                            f"({', '.join(_bool_fields())}) or {', '.join(_ON_OFF_FIELDS)}.")
+                            f"({', '.join(_bool_fields())}), {', '.join(_ON_OFF_FIELDS)} "
+                            f"or FIELD=VALUE,....")
         elif FLAGS[field].present:
             problems.append(f"--alternate {field} times both values: do not also set --{field}.")
         if FLAGS["profile"].value:
@@ -232,8 +287,7 @@ def _compute_dtype(config):
 def alternate(config, batch):
     """Times `config` with FLAGS.alternate on and off in alternating rounds; returns the final record."""
     field = FLAGS.alternate
-    on, off = _ON_OFF_FIELDS.get(field, (True, False))
-    settings = {"on": config.replace(**{field: on}), "off": config.replace(**{field: off})}
+    settings = alternate_settings(config, field)
     trainers, flops, first = {}, {}, None
     for name, setting in settings.items():
         trainers[name], flops[name] = make_trainer(setting, batch, first)

@@ -203,7 +203,7 @@ def test_quality_trains_each_seed_and_reports_prior_sample_medians(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("field", ["hoist", "jit_compile"])
+@pytest.mark.parametrize("field", ["jit_compile", "h_dim=4,z_dim=2"])
 def test_train_step_alternates_a_field_in_rounds(field):
     import json
 
@@ -223,4 +223,46 @@ def test_train_step_alternate_names_the_fields_it_takes():
     bad = _benchmark_cli("train_step", "--alternate", "batch_size")
     assert bad.returncode == 2 and own_lines(bad.stderr)[-1].startswith(
         "train_step: error: --alternate batch_size is not a bool GQNConfig field")
-    assert own_lines(bad.stderr)[-1].endswith(") or jit_compile.")
+    assert own_lines(bad.stderr)[-1].endswith("), jit_compile or FIELD=VALUE,....")
+
+
+@pytest.mark.parametrize("alternate, on, off", [
+    ("hoist", {"hoist": True}, {"hoist": False}),
+    ("jit_compile", {"jit_compile": "on"}, {"jit_compile": "off"}),
+    ("h_dim=4, z_dim=2,remat=true,lr_initial=2e-3,encoder=pool",
+     {"h_dim": 4, "z_dim": 2, "remat": True, "lr_initial": 2e-3, "encoder": "pool"}, {}),
+])
+def test_train_step_alternate_settings_differ_only_in_the_fields_named(alternate, on, off):
+    from benchmarks import train_step
+    from tiered_gqn.models import get_preset
+
+    config = get_preset("tiny")
+    settings = train_step.alternate_settings(config, alternate)
+    for name, values in (("on", on), ("off", off)):
+        assert settings[name].to_dict() == {**config.to_dict(), **values}, name
+        assert all(type(getattr(settings[name], f)) is type(v) for f, v in values.items()), name
+
+
+@pytest.mark.parametrize("alternate, message", [
+    ("h_dim", "--alternate h_dim is not a bool GQNConfig field"),
+    ("h_dim=4,bogus=1", "--alternate h_dim=4,bogus=1: bogus is not a GQNConfig field."),
+    ("h_dim=four", "--alternate h_dim=four: h_dim takes an integer, got 'four'."),
+    ("lr_initial=fast", "--alternate lr_initial=fast: lr_initial takes a number, got 'fast'."),
+    ("remat=yes", "--alternate remat=yes: remat takes true or false, got 'yes'."),
+    ("h_dim=4,=3", "--alternate h_dim=4,=3: '=3' is not FIELD=VALUE."),
+    ("h_dim=4,z_dim", "--alternate h_dim=4,z_dim: 'z_dim' is not FIELD=VALUE."),
+    (",=,", "--alternate ,=,: '=' is not FIELD=VALUE."),
+    ("jit_compile=on,batch_size=8", "--alternate jit_compile=on,batch_size=8 sets batch_size: do not "
+                                    "also set --batch_size."),
+])
+def test_train_step_alternate_overrides_refuse_bad_pairs_in_one_line(alternate, message, monkeypatch):
+    from absl import flags
+    from absl.testing import flagsaver
+
+    from benchmarks import train_step
+
+    monkeypatch.setattr(flags.FLAGS["batch_size"], "present", 1)  # as if given on the command line
+    with flagsaver.flagsaver(alternate=alternate):
+        with pytest.raises(ValueError) as error:
+            train_step.check_flags()
+    assert str(error.value).startswith(message)
